@@ -1,0 +1,237 @@
+//! The persisted stat cache: a manifest saved between runs.
+//!
+//! A restart loads the last manifest of a root and passes it to
+//! [`scan`](crate::scan::scan) as the previous one, so files whose stat is unchanged
+//! are not read again. The cache is an optimisation, never a source of truth: it is
+//! discarded — with a reason the caller logs — when it is missing, truncated,
+//! corrupt (a BLAKE3 checksum covers it), from another format version, or was
+//! written for another root. Directory hashes are recomputed on load rather than
+//! trusted.
+//!
+//! Layout (little-endian): magic `SDSTATC\x01`, `u32` format version, `u32` length +
+//! bytes of the root path it was made for, the root directory (below), then a
+//! 32-byte BLAKE3 hash of everything before it.
+//! A directory is its meta (`u32` mode, `i64`+`u32` mtime, `u32` uid, `u32` gid),
+//! a `u32` child count, and per child a `u16` name length, the name, a kind byte and:
+//! file — `u64` size, `u32` mode, mtime, ctime, `u64` inode, `u8` settled, uid,
+//! gid, 32-byte hash; directory — recursively; symlink — `u32` target length,
+//! target, mtime, uid, gid.
+
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use crate::fsutil::write_atomic;
+use crate::hash::Hash;
+use crate::path::RelPath;
+use crate::tree::{Dir, DirMeta, Entry, FileMeta, Kind, Manifest, Node, Owner, StatKey, SymlinkMeta, Timestamp};
+
+const MAGIC: &[u8; 8] = b"SDSTATC\x01";
+const VERSION: u32 = 1;
+/// Deeper than any path the path rules accept (4096 bytes make at most 2048 levels).
+const MAX_DEPTH: usize = 2100;
+
+/// Why a cache file was not used.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cannot read stat cache {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("stat cache {path} is not usable ({why}); it will be rebuilt by reading every file")]
+    Invalid { path: String, why: String },
+}
+
+/// Saves `manifest` as the stat cache of `root` at `cache_path`, atomically.
+pub fn save(manifest: &Manifest, root: &Path, cache_path: &Path) -> io::Result<()> {
+    let bytes = encode(manifest, root);
+    write_atomic(cache_path, &bytes)
+}
+
+/// Loads the stat cache of `root`. `Ok(None)` when there is none yet.
+pub fn load(cache_path: &Path, root: &Path) -> Result<Option<Manifest>, CacheError> {
+    let bytes = match std::fs::read(cache_path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(CacheError::Read { path: cache_path.display().to_string(), source }),
+    };
+    decode(&bytes, root)
+        .map(Some)
+        .map_err(|why| CacheError::Invalid { path: cache_path.display().to_string(), why })
+}
+
+/// The cache bytes for `manifest` of `root`.
+pub fn encode(manifest: &Manifest, root: &Path) -> Vec<u8> {
+    let totals = manifest.totals();
+    let mut out = Vec::with_capacity(64 + (totals.files + totals.dirs + totals.symlinks) as usize * 112);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    let root = root.as_os_str().as_bytes();
+    out.extend_from_slice(&(root.len() as u32).to_le_bytes());
+    out.extend_from_slice(root);
+    encode_dir(manifest.root(), &mut out);
+    let checksum = blake3::hash(&out);
+    out.extend_from_slice(checksum.as_bytes());
+    out
+}
+
+fn encode_dir(dir: &Dir, out: &mut Vec<u8>) {
+    encode_dir_meta(&dir.meta, out);
+    out.extend_from_slice(&(dir.children().len() as u32).to_le_bytes());
+    for entry in dir.children() {
+        out.extend_from_slice(&(entry.name.len() as u16).to_le_bytes());
+        out.extend_from_slice(&entry.name);
+        out.push(entry.node.kind().code());
+        match &entry.node {
+            Node::File(f) => {
+                out.extend_from_slice(&f.size.to_le_bytes());
+                out.extend_from_slice(&f.mode.to_le_bytes());
+                encode_time(f.mtime, out);
+                encode_time(f.stat.ctime, out);
+                out.extend_from_slice(&f.stat.ino.to_le_bytes());
+                out.push(u8::from(f.stat.settled));
+                encode_owner(f.owner, out);
+                out.extend_from_slice(f.hash.as_bytes());
+            }
+            Node::Dir(d) => encode_dir(d, out),
+            Node::Symlink(s) => {
+                out.extend_from_slice(&(s.target.len() as u32).to_le_bytes());
+                out.extend_from_slice(&s.target);
+                encode_time(s.mtime, out);
+                encode_owner(s.owner, out);
+            }
+        }
+    }
+}
+
+fn encode_dir_meta(meta: &DirMeta, out: &mut Vec<u8>) {
+    out.extend_from_slice(&meta.mode.to_le_bytes());
+    encode_time(meta.mtime, out);
+    encode_owner(meta.owner, out);
+}
+
+fn encode_time(t: Timestamp, out: &mut Vec<u8>) {
+    out.extend_from_slice(&t.secs.to_le_bytes());
+    out.extend_from_slice(&t.nanos.to_le_bytes());
+}
+
+fn encode_owner(o: Owner, out: &mut Vec<u8>) {
+    out.extend_from_slice(&o.uid.to_le_bytes());
+    out.extend_from_slice(&o.gid.to_le_bytes());
+}
+
+/// Decodes cache bytes; the error says what was wrong, for the log.
+pub fn decode(bytes: &[u8], root: &Path) -> Result<Manifest, String> {
+    if bytes.len() < MAGIC.len() + 4 + 32 {
+        return Err(format!("truncated: {} bytes", bytes.len()));
+    }
+    if &bytes[..MAGIC.len()] != MAGIC {
+        return Err("not a stagingd stat cache (bad magic)".into());
+    }
+    let (body, checksum) = bytes.split_at(bytes.len() - 32);
+    if blake3::hash(body).as_bytes() != checksum {
+        return Err("checksum mismatch: truncated or corrupt".into());
+    }
+    let mut reader = Reader { bytes: body, at: MAGIC.len() };
+    let version = reader.u32()?;
+    if version != VERSION {
+        return Err(format!("format version {version}, this build reads {VERSION}"));
+    }
+    let root_len = reader.u32()? as usize;
+    let cached_root = reader.take(root_len)?;
+    if cached_root != root.as_os_str().as_bytes() {
+        return Err(format!(
+            "made for root {}, not {}",
+            crate::path::escape(cached_root),
+            root.display()
+        ));
+    }
+    let dir = reader.dir(0)?;
+    if reader.at != body.len() {
+        return Err(format!("{} unexpected trailing bytes", body.len() - reader.at));
+    }
+    Ok(Manifest::new(dir))
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self.at.checked_add(n).filter(|&end| end <= self.bytes.len());
+        let end = end.ok_or_else(|| format!("truncated at byte {}", self.at))?;
+        let slice = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(slice)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        Ok(self.take(N)?.try_into().expect("take returns exactly N bytes"))
+    }
+
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.array::<1>()?[0])
+    }
+    fn u16(&mut self) -> Result<u16, String> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+    fn time(&mut self) -> Result<Timestamp, String> {
+        let secs = i64::from_le_bytes(self.array()?);
+        Ok(Timestamp::new(secs, self.u32()?))
+    }
+    fn owner(&mut self) -> Result<Owner, String> {
+        Ok(Owner { uid: self.u32()?, gid: self.u32()? })
+    }
+
+    fn dir(&mut self, depth: usize) -> Result<Dir, String> {
+        if depth > MAX_DEPTH {
+            return Err("directories nested deeper than any valid path".into());
+        }
+        let meta = DirMeta { mode: self.u32()?, mtime: self.time()?, owner: self.owner()? };
+        let count = self.u32()? as usize;
+        // Each child takes at least 3 bytes: refuse counts the data cannot hold
+        // before allocating for them.
+        if count > (self.bytes.len() - self.at) / 3 {
+            return Err(format!("child count {count} exceeds the data"));
+        }
+        let mut children = Vec::with_capacity(count);
+        for _ in 0..count {
+            let name_len = self.u16()? as usize;
+            let name = self.take(name_len)?;
+            RelPath::check_name(name).map_err(|e| e.to_string())?;
+            let kind = self.u8()?;
+            let node = match Kind::from_code(kind) {
+                Some(Kind::File) => Node::File(FileMeta {
+                    size: self.u64()?,
+                    mode: self.u32()?,
+                    mtime: self.time()?,
+                    stat: StatKey { ctime: self.time()?, ino: self.u64()?, settled: self.u8()? == 1 },
+                    owner: self.owner()?,
+                    hash: Hash(self.array()?),
+                }),
+                Some(Kind::Dir) => Node::Dir(self.dir(depth + 1)?),
+                Some(Kind::Symlink) => {
+                    let len = self.u32()? as usize;
+                    Node::Symlink(SymlinkMeta {
+                        target: self.take(len)?.into(),
+                        mtime: self.time()?,
+                        owner: self.owner()?,
+                    })
+                }
+                None => return Err(format!("unknown entry kind {kind}")),
+            };
+            children.push(Entry { name: name.into(), node });
+        }
+        Ok(Dir::new(meta, children))
+    }
+}

@@ -1,0 +1,382 @@
+//! Building a manifest from a directory on disk.
+//!
+//! The walk runs on rayon: the entries of every directory are handled in parallel
+//! and subdirectories recurse as parallel tasks, so both the stat walk and the
+//! hashing use all cores. A previous manifest serves as the stat cache: a file
+//! whose size, mtime, ctime and inode are unchanged (and that had settled when it
+//! was hashed) keeps its hash without being read, so rescanning an unchanged tree
+//! is a stat walk. Large files are hashed with BLAKE3's multi-threaded mode.
+//!
+//! Blocking by design: callers on an async runtime run this on a blocking thread.
+//! Entries that cannot be represented (sockets, fifos, devices) are skipped and
+//! reported; entries that cannot be read are skipped and reported too, and make
+//! the scan *incomplete*: its manifest does not describe the whole tree and must
+//! not be served as a source.
+
+use std::cell::RefCell;
+use std::fs::{self, Metadata, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rayon::prelude::*;
+
+use crate::exclude::Excludes;
+use crate::hash::Hash;
+use crate::path::{RelPath, escape};
+use crate::tree::{Dir, DirMeta, Entry, FileMeta, Manifest, Node, Owner, StatKey, SymlinkMeta, Timestamp};
+
+/// Files at least this large are hashed with several threads.
+pub const LARGE_FILE_BYTES: u64 = 4 << 20;
+/// How far back a change must lie for a file's stat to be trusted later (covers
+/// filesystems with coarse timestamps; see [`StatKey::settled`]).
+const SETTLE_SECS: i64 = 2;
+/// A file that keeps changing while it is read is retried this often, then skipped.
+const HASH_ATTEMPTS: usize = 3;
+
+/// What to scan and how.
+#[derive(Debug, Clone, Default)]
+pub struct ScanOptions {
+    pub excludes: Excludes,
+}
+
+/// A finished scan.
+#[derive(Debug)]
+pub struct Scan {
+    pub manifest: Manifest,
+    pub report: ScanReport,
+}
+
+/// What a scan did, and what it left out.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ScanReport {
+    /// Files whose contents were read and hashed.
+    pub files_hashed: u64,
+    pub bytes_hashed: u64,
+    /// Files whose hash came from the stat cache without reading them.
+    pub files_reused: u64,
+    /// Entries left out of the manifest, with the reason.
+    pub skipped: Vec<Skipped>,
+}
+
+impl ScanReport {
+    /// True when every entry of the tree is in the manifest, or was left out only
+    /// because it is of a kind the manifest does not carry (socket, fifo, device).
+    pub fn is_complete(&self) -> bool {
+        self.skipped.iter().all(|s| matches!(s.reason, SkipReason::Special(_)))
+    }
+}
+
+/// An entry that is not in the manifest.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Skipped {
+    /// The path, escaped for display (it may not be a valid [`RelPath`]).
+    pub path: String,
+    pub reason: SkipReason,
+}
+
+/// Why an entry is not in the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "reason", content = "detail", rename_all = "kebab-case")]
+pub enum SkipReason {
+    /// A socket, fifo or device: not something a tree sync carries.
+    Special(&'static str),
+    /// Reading it failed (permission denied, I/O error).
+    Unreadable(String),
+    /// Its name or path breaks the path rules (too long, say).
+    BadName(String),
+    /// It kept changing while it was being hashed.
+    ChangedDuringScan,
+}
+
+impl std::fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SkipReason::Special(kind) => write!(f, "{kind}: not carried by a tree sync"),
+            SkipReason::Unreadable(e) => write!(f, "unreadable: {e}"),
+            SkipReason::BadName(e) => write!(f, "bad name: {e}"),
+            SkipReason::ChangedDuringScan => write!(f, "kept changing while it was read"),
+        }
+    }
+}
+
+/// The scan could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error("cannot read tree root {}: {source}", path.display())]
+    Root {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("tree root {} is not a directory", path.display())]
+    NotADirectory { path: PathBuf },
+}
+
+/// Scans `root`. `previous` (the last manifest of the same root, e.g. loaded from
+/// the stat cache) lets unchanged files keep their hashes without being read.
+pub fn scan(root: &Path, options: &ScanOptions, previous: Option<&Manifest>) -> Result<Scan, ScanError> {
+    let root_error = |source| ScanError::Root { path: root.to_path_buf(), source };
+    let meta = fs::metadata(root).map_err(root_error)?;
+    if !meta.is_dir() {
+        return Err(ScanError::NotADirectory { path: root.to_path_buf() });
+    }
+    let walker = Walker {
+        options,
+        files_hashed: AtomicU64::new(0),
+        bytes_hashed: AtomicU64::new(0),
+        files_reused: AtomicU64::new(0),
+        skipped: Mutex::new(Vec::new()),
+    };
+    let root_dir = walker
+        .scan_dir(root, &RelPath::root(), dir_meta(&meta), previous.map(Manifest::root))
+        .map_err(root_error)?;
+    let mut skipped = walker.skipped.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
+    skipped.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(Scan {
+        manifest: Manifest::new(root_dir),
+        report: ScanReport {
+            files_hashed: walker.files_hashed.into_inner(),
+            bytes_hashed: walker.bytes_hashed.into_inner(),
+            files_reused: walker.files_reused.into_inner(),
+            skipped,
+        },
+    })
+}
+
+/// Reads one file and returns its metadata as a manifest entry would hold it,
+/// hashing its content. Used by scans and by anything that must look at one path
+/// (a watcher event, a verify) without walking the tree.
+pub fn hash_file(path: &Path) -> Result<FileMeta, HashFileError> {
+    for _ in 0..HASH_ATTEMPTS {
+        if let Some(meta) = hash_once(path)? {
+            return Ok(meta);
+        }
+    }
+    Err(HashFileError::KeptChanging)
+}
+
+/// Why one file could not be hashed.
+#[derive(Debug, thiserror::Error)]
+pub enum HashFileError {
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error("the file kept changing while it was read")]
+    KeptChanging,
+}
+
+impl HashFileError {
+    fn is_not_found(&self) -> bool {
+        matches!(self, HashFileError::Io(e) if e.kind() == io::ErrorKind::NotFound)
+    }
+}
+
+/// One attempt: `Ok(None)` when the file changed between the two `fstat`s.
+fn hash_once(path: &Path) -> io::Result<Option<FileMeta>> {
+    let mut file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(path)?;
+    let before = file.metadata()?;
+    if !before.is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let hash = if before.len() >= LARGE_FILE_BYTES {
+        hash_large(&mut file)?
+    } else {
+        READ_BUFFER.with_borrow_mut(|buffer| -> io::Result<Hash> {
+            buffer.clear();
+            file.read_to_end(buffer)?;
+            Ok(Hash::of_content(buffer))
+        })?
+    };
+    let after = file.metadata()?;
+    let unchanged = |m: &Metadata| (m.len(), mtime(m), m.ctime(), m.ctime_nsec(), m.ino());
+    if unchanged(&before) != unchanged(&after) {
+        return Ok(None);
+    }
+    Ok(Some(file_meta(&after, hash)))
+}
+
+thread_local! {
+    /// One read buffer per worker thread, reused across small files.
+    static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(LARGE_FILE_BYTES as usize));
+}
+
+fn hash_large(file: &mut fs::File) -> io::Result<Hash> {
+    let mut hasher = blake3::Hasher::new();
+    let mut chunk = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update_rayon(&chunk[..n]);
+    }
+    Ok(hasher.finalize().into())
+}
+
+struct Walker<'a> {
+    options: &'a ScanOptions,
+    files_hashed: AtomicU64,
+    bytes_hashed: AtomicU64,
+    files_reused: AtomicU64,
+    skipped: Mutex<Vec<Skipped>>,
+}
+
+impl Walker<'_> {
+    fn skip(&self, path: String, reason: SkipReason) {
+        self.skipped.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(Skipped { path, reason });
+    }
+
+    fn scan_dir(&self, abs: &Path, rel: &RelPath, meta: DirMeta, previous: Option<&Dir>) -> io::Result<Dir> {
+        let entries = fs::read_dir(abs)?.collect::<io::Result<Vec<fs::DirEntry>>>()?;
+        let children: Vec<Entry> = entries
+            .into_par_iter()
+            .filter_map(|entry| self.scan_entry(abs, rel, &entry, previous))
+            .collect();
+        Ok(Dir::new(meta, children))
+    }
+
+    fn scan_entry(&self, parent_abs: &Path, parent: &RelPath, entry: &fs::DirEntry, previous: Option<&Dir>) -> Option<Entry> {
+        let file_name = entry.file_name();
+        let name = file_name.as_bytes();
+        let path = match parent.join(name) {
+            Ok(path) => path,
+            Err(e) => {
+                self.skip(shown_join(parent, name), SkipReason::BadName(e.to_string()));
+                return None;
+            }
+        };
+        if self.options.excludes.is_excluded(&path) {
+            return None;
+        }
+        let abs = parent_abs.join(&file_name);
+        let metadata = match entry.metadata() {
+            Ok(m) => m,
+            // Removed between the listing and the stat: it is simply not there.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                self.skip(path.display(), SkipReason::Unreadable(e.to_string()));
+                return None;
+            }
+        };
+        let previous = previous.and_then(|d| d.child(name));
+        let file_type = metadata.file_type();
+        let node = if file_type.is_dir() {
+            let previous_dir = match previous {
+                Some(Node::Dir(d)) => Some(d),
+                _ => None,
+            };
+            match self.scan_dir(&abs, &path, dir_meta(&metadata), previous_dir) {
+                Ok(dir) => Node::Dir(dir),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+                Err(e) => {
+                    self.skip(path.display(), SkipReason::Unreadable(e.to_string()));
+                    return None;
+                }
+            }
+        } else if file_type.is_file() {
+            match self.scan_file(&abs, &metadata, previous) {
+                Ok(meta) => Node::File(meta),
+                Err(e) if e.is_not_found() => return None,
+                Err(HashFileError::KeptChanging) => {
+                    self.skip(path.display(), SkipReason::ChangedDuringScan);
+                    return None;
+                }
+                Err(e) => {
+                    self.skip(path.display(), SkipReason::Unreadable(e.to_string()));
+                    return None;
+                }
+            }
+        } else if file_type.is_symlink() {
+            match fs::read_link(&abs) {
+                Ok(target) => Node::Symlink(SymlinkMeta {
+                    target: target.as_os_str().as_bytes().into(),
+                    mtime: mtime(&metadata),
+                    owner: owner(&metadata),
+                }),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+                Err(e) => {
+                    self.skip(path.display(), SkipReason::Unreadable(e.to_string()));
+                    return None;
+                }
+            }
+        } else {
+            self.skip(path.display(), SkipReason::Special(special_kind(&metadata)));
+            return None;
+        };
+        Some(Entry { name: name.into(), node })
+    }
+
+    fn scan_file(&self, abs: &Path, metadata: &Metadata, previous: Option<&Node>) -> Result<FileMeta, HashFileError> {
+        if let Some(Node::File(old)) = previous {
+            let key = stat_key(metadata);
+            if old.stat.settled
+                && old.size == metadata.len()
+                && old.mtime == mtime(metadata)
+                && old.stat.ctime == key.ctime
+                && old.stat.ino == key.ino
+            {
+                self.files_reused.fetch_add(1, Ordering::Relaxed);
+                let mut reused = file_meta(metadata, old.hash);
+                reused.stat.settled = true;
+                return Ok(reused);
+            }
+        }
+        let meta = hash_file(abs)?;
+        self.files_hashed.fetch_add(1, Ordering::Relaxed);
+        self.bytes_hashed.fetch_add(meta.size, Ordering::Relaxed);
+        Ok(meta)
+    }
+}
+
+fn shown_join(parent: &RelPath, name: &[u8]) -> String {
+    if parent.is_root() { escape(name) } else { format!("{}/{}", parent.display(), escape(name)) }
+}
+
+fn special_kind(metadata: &Metadata) -> &'static str {
+    let t = metadata.file_type();
+    if t.is_socket() {
+        "socket"
+    } else if t.is_fifo() {
+        "fifo"
+    } else if t.is_block_device() {
+        "block device"
+    } else if t.is_char_device() {
+        "character device"
+    } else {
+        "unknown file type"
+    }
+}
+
+pub(crate) fn mtime(metadata: &Metadata) -> Timestamp {
+    Timestamp::new(metadata.mtime(), metadata.mtime_nsec() as u32)
+}
+
+pub(crate) fn owner(metadata: &Metadata) -> Owner {
+    Owner { uid: metadata.uid(), gid: metadata.gid() }
+}
+
+pub(crate) fn dir_meta(metadata: &Metadata) -> DirMeta {
+    DirMeta { mode: metadata.mode() & 0o7777, mtime: mtime(metadata), owner: owner(metadata) }
+}
+
+fn stat_key(metadata: &Metadata) -> StatKey {
+    let ctime = Timestamp::new(metadata.ctime(), metadata.ctime_nsec() as u32);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    StatKey { ctime, ino: metadata.ino(), settled: ctime.secs + SETTLE_SECS < now }
+}
+
+/// The manifest entry for a file with `metadata` and content `hash`.
+pub fn file_meta(metadata: &Metadata, hash: Hash) -> FileMeta {
+    FileMeta {
+        size: metadata.len(),
+        mode: metadata.mode() & 0o7777,
+        mtime: mtime(metadata),
+        hash,
+        owner: owner(metadata),
+        stat: stat_key(metadata),
+    }
+}

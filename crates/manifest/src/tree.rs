@@ -1,0 +1,482 @@
+//! The manifest: a tree of directories whose hashes form a Merkle tree.
+//!
+//! A [`Manifest`] owns a root [`Dir`]; every directory keeps its children sorted by
+//! name bytes together with its Merkle hash and the totals of its subtree, so the
+//! root hash, the file count and the byte count of the whole tree are read in O(1)
+//! and two trees are compared by descending only into directories whose hashes
+//! differ. The fields that make a directory's identity are private: every change
+//! goes through methods that recompute the hashes on the path to the root.
+//!
+//! The exact hash encoding is documented in the crate root; it is a wire contract.
+
+use crate::hash::Hash;
+use crate::path::{PathError, RelPath};
+
+/// Domain-separation context for directory hashes (BLAKE3 `derive_key` mode).
+pub const DIR_HASH_CONTEXT: &str = "stagingd 2026-11 merkle directory v1";
+
+/// Seconds and nanoseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp {
+    pub secs: i64,
+    pub nanos: u32,
+}
+
+impl Timestamp {
+    pub fn new(secs: i64, nanos: u32) -> Self {
+        Self { secs, nanos }
+    }
+}
+
+/// Owner and group, carried so a daemon running as root can reproduce them.
+/// Not part of any hash: a daemon that is not root cannot set them, and trees
+/// synced by such daemons must still compare equal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Facts from `stat` that tell whether a file may have changed since it was hashed.
+/// Local only: never hashed, never sent to a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct StatKey {
+    pub ctime: Timestamp,
+    pub ino: u64,
+    /// False when the file changed so shortly before it was hashed that a later
+    /// change within the same filesystem timestamp tick could go unseen; such an
+    /// entry is always re-read on the next scan (git's "racily clean" problem).
+    pub settled: bool,
+}
+
+/// A regular file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileMeta {
+    pub size: u64,
+    /// Permission bits, `0o7777` at most.
+    pub mode: u32,
+    pub mtime: Timestamp,
+    pub hash: Hash,
+    pub owner: Owner,
+    pub stat: StatKey,
+}
+
+/// A directory's own metadata. Its mtime is carried but not hashed: a directory's
+/// mtime moves whenever an entry is added or removed, including excluded entries
+/// and a sync's own temporary names, so hashing it would make equal trees differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DirMeta {
+    pub mode: u32,
+    pub mtime: Timestamp,
+    pub owner: Owner,
+}
+
+/// A symbolic link; its target is recorded as text and never followed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SymlinkMeta {
+    pub target: Box<[u8]>,
+    pub mtime: Timestamp,
+    pub owner: Owner,
+}
+
+/// The kind of an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+}
+
+impl Kind {
+    /// The byte that stands for this kind in hash and plan encodings.
+    pub fn code(self) -> u8 {
+        match self {
+            Kind::File => 1,
+            Kind::Dir => 2,
+            Kind::Symlink => 3,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(Kind::File),
+            2 => Some(Kind::Dir),
+            3 => Some(Kind::Symlink),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::File => "file",
+            Kind::Dir => "dir",
+            Kind::Symlink => "symlink",
+        }
+    }
+}
+
+/// What a name in a directory refers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Node {
+    File(FileMeta),
+    Dir(Dir),
+    Symlink(SymlinkMeta),
+}
+
+impl Node {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Node::File(_) => Kind::File,
+            Node::Dir(_) => Kind::Dir,
+            Node::Symlink(_) => Kind::Symlink,
+        }
+    }
+
+    /// The totals of this node's subtree (itself included for files and symlinks).
+    pub fn totals(&self) -> Totals {
+        match self {
+            Node::File(f) => Totals { files: 1, bytes: f.size, ..Totals::default() },
+            Node::Symlink(_) => Totals { symlinks: 1, ..Totals::default() },
+            Node::Dir(d) => {
+                let mut t = d.totals;
+                t.dirs += 1;
+                t
+            }
+        }
+    }
+}
+
+/// A named child of a directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub name: Box<[u8]>,
+    pub node: Node,
+}
+
+/// Counts over a subtree. A directory's totals cover its descendants, not itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Totals {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+}
+
+impl Totals {
+    fn add(&mut self, other: Totals) {
+        self.files += other.files;
+        self.dirs += other.dirs;
+        self.symlinks += other.symlinks;
+        self.bytes += other.bytes;
+    }
+
+    /// Files and symlinks: the entries that hold an inode each besides directories.
+    pub fn leaves(&self) -> u64 {
+        self.files + self.symlinks
+    }
+}
+
+/// A directory: its metadata, its children sorted by name, and derived values
+/// (Merkle hash, subtree totals) that are kept in step with the children.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dir {
+    pub meta: DirMeta,
+    children: Vec<Entry>,
+    hash: Hash,
+    totals: Totals,
+}
+
+/// Why a change to a manifest could not be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TreeError {
+    #[error("{0}: no such entry in the manifest")]
+    NotFound(RelPath),
+    #[error("{0}: a parent of this path is not a directory in the manifest")]
+    ParentNotDir(RelPath),
+    #[error("{0}: directory is not empty")]
+    NotEmpty(RelPath),
+    #[error("the tree root cannot be replaced or removed")]
+    Root,
+    #[error(transparent)]
+    Path(#[from] PathError),
+}
+
+impl Dir {
+    /// A directory from children in any order. Duplicate names keep the last one.
+    pub fn new(meta: DirMeta, mut children: Vec<Entry>) -> Self {
+        children.sort_by(|a, b| a.name.cmp(&b.name));
+        children.dedup_by(|later, earlier| {
+            let same = later.name == earlier.name;
+            if same {
+                std::mem::swap(later, earlier);
+            }
+            same
+        });
+        let mut dir = Self { meta, children, hash: Hash::default(), totals: Totals::default() };
+        dir.refresh();
+        dir
+    }
+
+    pub fn empty(meta: DirMeta) -> Self {
+        Self::new(meta, Vec::new())
+    }
+
+    /// The Merkle hash of this directory.
+    pub fn hash(&self) -> Hash {
+        self.hash
+    }
+
+    /// Totals of everything below this directory.
+    pub fn totals(&self) -> Totals {
+        self.totals
+    }
+
+    /// Children sorted by name bytes.
+    pub fn children(&self) -> &[Entry] {
+        &self.children
+    }
+
+    pub fn child(&self, name: &[u8]) -> Option<&Node> {
+        self.position(name).ok().map(|i| &self.children[i].node)
+    }
+
+    fn position(&self, name: &[u8]) -> Result<usize, usize> {
+        self.children.binary_search_by(|e| e.name.as_ref().cmp(name))
+    }
+
+    /// Recomputes this directory's hash and totals from its children (not recursively).
+    fn refresh(&mut self) {
+        self.hash = hash_dir_entries(&self.children);
+        let mut totals = Totals::default();
+        for child in &self.children {
+            totals.add(child.node.totals());
+        }
+        self.totals = totals;
+    }
+
+    /// Runs `change` on the directory at `components` below this one, then refreshes
+    /// every directory on the way back up.
+    fn with_dir_mut<R>(
+        &mut self,
+        full: &RelPath,
+        components: &[&[u8]],
+        change: impl FnOnce(&mut Dir) -> Result<R, TreeError>,
+    ) -> Result<R, TreeError> {
+        let result = match components.split_first() {
+            None => change(self)?,
+            Some((first, rest)) => {
+                let index = self.position(first).map_err(|_| TreeError::ParentNotDir(full.clone()))?;
+                match &mut self.children[index].node {
+                    Node::Dir(child) => child.with_dir_mut(full, rest, change)?,
+                    _ => return Err(TreeError::ParentNotDir(full.clone())),
+                }
+            }
+        };
+        self.refresh();
+        Ok(result)
+    }
+}
+
+/// Hashes the children of one directory (see the crate docs for the encoding).
+pub fn hash_dir_entries(children: &[Entry]) -> Hash {
+    let mut hasher = blake3::Hasher::new_derive_key(DIR_HASH_CONTEXT);
+    for entry in children {
+        hasher.update(&(entry.name.len() as u32).to_le_bytes());
+        hasher.update(&entry.name);
+        hasher.update(&[entry.node.kind().code()]);
+        match &entry.node {
+            Node::File(f) => {
+                hasher.update(&f.mode.to_le_bytes());
+                hasher.update(&f.size.to_le_bytes());
+                hasher.update(&f.mtime.secs.to_le_bytes());
+                hasher.update(&f.mtime.nanos.to_le_bytes());
+                hasher.update(f.hash.as_bytes());
+            }
+            Node::Dir(d) => {
+                hasher.update(&d.meta.mode.to_le_bytes());
+                hasher.update(d.hash.as_bytes());
+            }
+            Node::Symlink(s) => {
+                hasher.update(&(s.target.len() as u32).to_le_bytes());
+                hasher.update(&s.target);
+            }
+        }
+    }
+    hasher.finalize().into()
+}
+
+/// A whole tree's manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    root: Dir,
+}
+
+impl Manifest {
+    pub fn new(root: Dir) -> Self {
+        Self { root }
+    }
+
+    /// The manifest of an empty tree.
+    pub fn empty() -> Self {
+        Self::new(Dir::empty(DirMeta { mode: 0o755, ..DirMeta::default() }))
+    }
+
+    /// The root hash: equal roots mean equal trees.
+    pub fn root_hash(&self) -> Hash {
+        self.root.hash
+    }
+
+    pub fn root(&self) -> &Dir {
+        &self.root
+    }
+
+    pub fn totals(&self) -> Totals {
+        self.root.totals
+    }
+
+    /// The node at `path` (the root directory for the empty path).
+    pub fn get(&self, path: &RelPath) -> Option<&Node> {
+        let mut dir = &self.root;
+        let mut components = path.components().peekable();
+        while let Some(name) = components.next() {
+            let node = dir.child(name)?;
+            if components.peek().is_none() {
+                return Some(node);
+            }
+            match node {
+                Node::Dir(d) => dir = d,
+                _ => return None,
+            }
+        }
+        None
+    }
+
+    /// The directory at `path`, the root included.
+    pub fn dir(&self, path: &RelPath) -> Option<&Dir> {
+        if path.is_root() {
+            return Some(&self.root);
+        }
+        match self.get(path)? {
+            Node::Dir(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// Puts `node` at `path`, replacing what was there. The parent must exist.
+    pub fn insert(&mut self, path: &RelPath, node: Node) -> Result<(), TreeError> {
+        let (parents, name) = split_parent(path)?;
+        self.root.with_dir_mut(path, &parents, |dir| {
+            match dir.position(name) {
+                Ok(i) => dir.children[i].node = node,
+                Err(i) => dir.children.insert(i, Entry { name: name.into(), node }),
+            }
+            Ok(())
+        })
+    }
+
+    /// Removes the entry at `path`. A directory must be empty unless `recursive`.
+    pub fn remove(&mut self, path: &RelPath, recursive: bool) -> Result<Node, TreeError> {
+        let (parents, name) = split_parent(path)?;
+        self.root.with_dir_mut(path, &parents, |dir| {
+            let i = dir.position(name).map_err(|_| TreeError::NotFound(path.clone()))?;
+            if let Node::Dir(d) = &dir.children[i].node {
+                if !recursive && !d.children.is_empty() {
+                    return Err(TreeError::NotEmpty(path.clone()));
+                }
+            }
+            Ok(dir.children.remove(i).node)
+        })
+    }
+
+    /// Changes a directory's own metadata (the root's included).
+    pub fn set_dir_meta(&mut self, path: &RelPath, meta: DirMeta) -> Result<(), TreeError> {
+        let components: Vec<&[u8]> = path.components().collect();
+        self.root.with_dir_mut(path, &components, |dir| {
+            dir.meta = meta;
+            Ok(())
+        })
+    }
+
+    /// Every entry in depth-first, name order with its path; the root is not listed.
+    pub fn walk(&self) -> Vec<(RelPath, &Node)> {
+        fn visit<'a>(dir: &'a Dir, path: &RelPath, out: &mut Vec<(RelPath, &'a Node)>) {
+            for entry in &dir.children {
+                let child = path.join(&entry.name).expect("manifest names are validated on entry");
+                out.push((child.clone(), &entry.node));
+                if let Node::Dir(d) = &entry.node {
+                    visit(d, &child, out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        visit(&self.root, &RelPath::root(), &mut out);
+        out
+    }
+}
+
+fn split_parent(path: &RelPath) -> Result<(Vec<&[u8]>, &[u8]), TreeError> {
+    let mut components: Vec<&[u8]> = path.components().collect();
+    let name = components.pop().ok_or(TreeError::Root)?;
+    Ok((components, name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(content: &[u8]) -> Node {
+        Node::File(FileMeta {
+            size: content.len() as u64,
+            mode: 0o644,
+            mtime: Timestamp::new(1, 0),
+            hash: Hash::of_content(content),
+            owner: Owner::default(),
+            stat: StatKey::default(),
+        })
+    }
+
+    fn p(s: &str) -> RelPath {
+        RelPath::new(s).unwrap()
+    }
+
+    #[test]
+    fn insert_and_remove_keep_hashes_and_totals_in_step() {
+        let mut m = Manifest::empty();
+        let empty_root = m.root_hash();
+        m.insert(&p("d"), Node::Dir(Dir::empty(DirMeta { mode: 0o755, ..Default::default() }))).unwrap();
+        m.insert(&p("d/a"), file(b"abc")).unwrap();
+        assert_eq!(m.totals(), Totals { files: 1, dirs: 1, symlinks: 0, bytes: 3 });
+
+        // The same tree built in one go has the same root.
+        let built = Manifest::new(Dir::new(
+            DirMeta { mode: 0o755, ..Default::default() },
+            vec![Entry {
+                name: (*b"d").into(),
+                node: Node::Dir(Dir::new(
+                    DirMeta { mode: 0o755, ..Default::default() },
+                    vec![Entry { name: (*b"a").into(), node: file(b"abc") }],
+                )),
+            }],
+        ));
+        assert_eq!(m.root_hash(), built.root_hash());
+
+        assert_eq!(m.remove(&p("d"), false), Err(TreeError::NotEmpty(p("d"))));
+        m.remove(&p("d/a"), false).unwrap();
+        m.remove(&p("d"), false).unwrap();
+        assert_eq!(m.root_hash(), empty_root);
+        assert_eq!(m.insert(&p("x/y"), file(b"")), Err(TreeError::ParentNotDir(p("x/y"))));
+    }
+
+    #[test]
+    fn directory_mtime_and_owner_are_not_hashed_but_mode_is() {
+        let mut m = Manifest::empty();
+        m.insert(&p("d"), Node::Dir(Dir::empty(DirMeta { mode: 0o755, ..Default::default() }))).unwrap();
+        let before = m.root_hash();
+        let moved = DirMeta { mode: 0o755, mtime: Timestamp::new(99, 1), owner: Owner { uid: 7, gid: 8 } };
+        m.set_dir_meta(&p("d"), moved).unwrap();
+        assert_eq!(m.root_hash(), before);
+        m.set_dir_meta(&p("d"), DirMeta { mode: 0o775, ..moved }).unwrap();
+        assert_ne!(m.root_hash(), before);
+    }
+}
