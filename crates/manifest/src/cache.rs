@@ -57,9 +57,7 @@ pub fn load(cache_path: &Path, root: &Path) -> Result<Option<Manifest>, CacheErr
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(CacheError::Read { path: cache_path.display().to_string(), source }),
     };
-    decode(&bytes, root)
-        .map(Some)
-        .map_err(|why| CacheError::Invalid { path: cache_path.display().to_string(), why })
+    decode(&bytes, root).map(Some).map_err(|why| CacheError::Invalid { path: cache_path.display().to_string(), why })
 }
 
 /// The cache bytes for `manifest` of `root`.
@@ -142,11 +140,7 @@ pub fn decode(bytes: &[u8], root: &Path) -> Result<Manifest, String> {
     let root_len = reader.u32()? as usize;
     let cached_root = reader.take(root_len)?;
     if cached_root != root.as_os_str().as_bytes() {
-        return Err(format!(
-            "made for root {}, not {}",
-            crate::path::escape(cached_root),
-            root.display()
-        ));
+        return Err(format!("made for root {}, not {}", crate::path::escape(cached_root), root.display()));
     }
     let dir = reader.dir(0)?;
     if reader.at != body.len() {

@@ -147,8 +147,7 @@ impl RelPath {
     /// True when `self` is `other` or lies inside it.
     pub fn starts_with(&self, other: &RelPath) -> bool {
         other.is_root()
-            || (self.0.starts_with(&other.0)
-                && (self.0.len() == other.0.len() || self.0[other.0.len()] == b'/'))
+            || (self.0.starts_with(&other.0) && (self.0.len() == other.0.len() || self.0[other.0.len()] == b'/'))
     }
 
     /// A printable form: valid UTF-8 is shown as is, anything else (and control

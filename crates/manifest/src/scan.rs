@@ -21,7 +21,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rayon::prelude::*;
 
@@ -34,14 +34,23 @@ use crate::tree::{Dir, DirMeta, Entry, FileMeta, Manifest, Node, Owner, StatKey,
 pub const LARGE_FILE_BYTES: u64 = 4 << 20;
 /// How far back a change must lie for a file's stat to be trusted later (covers
 /// filesystems with coarse timestamps; see [`StatKey::settled`]).
-const SETTLE_SECS: i64 = 2;
+pub const DEFAULT_SETTLE: Duration = Duration::from_secs(2);
 /// A file that keeps changing while it is read is retried this often, then skipped.
 const HASH_ATTEMPTS: usize = 3;
 
 /// What to scan and how.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ScanOptions {
     pub excludes: Excludes,
+    /// A file changed less than this long before it was hashed is re-read on the
+    /// next scan even if its stat is unchanged ([`DEFAULT_SETTLE`]).
+    pub settle: Duration,
+}
+
+impl Default for ScanOptions {
+    fn default() -> Self {
+        Self { excludes: Excludes::default(), settle: DEFAULT_SETTLE }
+    }
 }
 
 /// A finished scan.
@@ -132,9 +141,8 @@ pub fn scan(root: &Path, options: &ScanOptions, previous: Option<&Manifest>) -> 
         files_reused: AtomicU64::new(0),
         skipped: Mutex::new(Vec::new()),
     };
-    let root_dir = walker
-        .scan_dir(root, &RelPath::root(), dir_meta(&meta), previous.map(Manifest::root))
-        .map_err(root_error)?;
+    let root_dir =
+        walker.scan_dir(root, &RelPath::root(), dir_meta(&meta), previous.map(Manifest::root)).map_err(root_error)?;
     let mut skipped = walker.skipped.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
     skipped.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(Scan {
@@ -151,9 +159,9 @@ pub fn scan(root: &Path, options: &ScanOptions, previous: Option<&Manifest>) -> 
 /// Reads one file and returns its metadata as a manifest entry would hold it,
 /// hashing its content. Used by scans and by anything that must look at one path
 /// (a watcher event, a verify) without walking the tree.
-pub fn hash_file(path: &Path) -> Result<FileMeta, HashFileError> {
+pub fn hash_file(path: &Path, settle: Duration) -> Result<FileMeta, HashFileError> {
     for _ in 0..HASH_ATTEMPTS {
-        if let Some(meta) = hash_once(path)? {
+        if let Some(meta) = hash_once(path, settle)? {
             return Ok(meta);
         }
     }
@@ -176,7 +184,7 @@ impl HashFileError {
 }
 
 /// One attempt: `Ok(None)` when the file changed between the two `fstat`s.
-fn hash_once(path: &Path) -> io::Result<Option<FileMeta>> {
+fn hash_once(path: &Path, settle: Duration) -> io::Result<Option<FileMeta>> {
     let mut file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(path)?;
     let before = file.metadata()?;
     if !before.is_file() {
@@ -196,7 +204,7 @@ fn hash_once(path: &Path) -> io::Result<Option<FileMeta>> {
     if unchanged(&before) != unchanged(&after) {
         return Ok(None);
     }
-    Ok(Some(file_meta(&after, hash)))
+    Ok(Some(file_meta(&after, hash, settle)))
 }
 
 thread_local! {
@@ -232,14 +240,18 @@ impl Walker<'_> {
 
     fn scan_dir(&self, abs: &Path, rel: &RelPath, meta: DirMeta, previous: Option<&Dir>) -> io::Result<Dir> {
         let entries = fs::read_dir(abs)?.collect::<io::Result<Vec<fs::DirEntry>>>()?;
-        let children: Vec<Entry> = entries
-            .into_par_iter()
-            .filter_map(|entry| self.scan_entry(abs, rel, &entry, previous))
-            .collect();
+        let children: Vec<Entry> =
+            entries.into_par_iter().filter_map(|entry| self.scan_entry(abs, rel, &entry, previous)).collect();
         Ok(Dir::new(meta, children))
     }
 
-    fn scan_entry(&self, parent_abs: &Path, parent: &RelPath, entry: &fs::DirEntry, previous: Option<&Dir>) -> Option<Entry> {
+    fn scan_entry(
+        &self,
+        parent_abs: &Path,
+        parent: &RelPath,
+        entry: &fs::DirEntry,
+        previous: Option<&Dir>,
+    ) -> Option<Entry> {
         let file_name = entry.file_name();
         let name = file_name.as_bytes();
         let path = match parent.join(name) {
@@ -312,7 +324,7 @@ impl Walker<'_> {
 
     fn scan_file(&self, abs: &Path, metadata: &Metadata, previous: Option<&Node>) -> Result<FileMeta, HashFileError> {
         if let Some(Node::File(old)) = previous {
-            let key = stat_key(metadata);
+            let key = stat_key(metadata, self.options.settle);
             if old.stat.settled
                 && old.size == metadata.len()
                 && old.mtime == mtime(metadata)
@@ -320,12 +332,12 @@ impl Walker<'_> {
                 && old.stat.ino == key.ino
             {
                 self.files_reused.fetch_add(1, Ordering::Relaxed);
-                let mut reused = file_meta(metadata, old.hash);
+                let mut reused = file_meta(metadata, old.hash, self.options.settle);
                 reused.stat.settled = true;
                 return Ok(reused);
             }
         }
-        let meta = hash_file(abs)?;
+        let meta = hash_file(abs, self.options.settle)?;
         self.files_hashed.fetch_add(1, Ordering::Relaxed);
         self.bytes_hashed.fetch_add(meta.size, Ordering::Relaxed);
         Ok(meta)
@@ -363,20 +375,22 @@ pub(crate) fn dir_meta(metadata: &Metadata) -> DirMeta {
     DirMeta { mode: metadata.mode() & 0o7777, mtime: mtime(metadata), owner: owner(metadata) }
 }
 
-fn stat_key(metadata: &Metadata) -> StatKey {
+fn stat_key(metadata: &Metadata, settle: Duration) -> StatKey {
     let ctime = Timestamp::new(metadata.ctime(), metadata.ctime_nsec() as u32);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-    StatKey { ctime, ino: metadata.ino(), settled: ctime.secs + SETTLE_SECS < now }
+    let changed = UNIX_EPOCH + Duration::new(ctime.secs.max(0) as u64, ctime.nanos);
+    let settled = SystemTime::now().duration_since(changed).is_ok_and(|age| age > settle);
+    StatKey { ctime, ino: metadata.ino(), settled }
 }
 
-/// The manifest entry for a file with `metadata` and content `hash`.
-pub fn file_meta(metadata: &Metadata, hash: Hash) -> FileMeta {
+/// The manifest entry for a file with `metadata` and content `hash`; `settle` as
+/// in [`ScanOptions::settle`].
+pub fn file_meta(metadata: &Metadata, hash: Hash, settle: Duration) -> FileMeta {
     FileMeta {
         size: metadata.len(),
         mode: metadata.mode() & 0o7777,
         mtime: mtime(metadata),
         hash,
         owner: owner(metadata),
-        stat: stat_key(metadata),
+        stat: stat_key(metadata, settle),
     }
 }
