@@ -19,7 +19,12 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
 source "$here/lib.sh"
 repo=$(bench_repo_root)
 
-usage() { sed -n '/^# usage:/,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2; exit "${1:-2}"; }
+usage() { # usage [EXIT]: the header's usage lines, on stdout for --help, stderr otherwise
+    local fd=2
+    [[ ${1:-2} == 0 ]] && fd=1
+    sed -n '/^# usage:/,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&"$fd"
+    exit "${1:-2}"
+}
 
 files=150000 runs=5 workdir=${TMPDIR:-/tmp}/stagingd-bench stagingctl="" use_hyperfine=1
 seed=1
@@ -189,7 +194,7 @@ bpf_warm = rss_warm_kib * 1024 / nfiles
 
 print("| figure | stagingd | reference | ratio | target |")
 print("|---|---|---|---|---|")
-print(f"| cold manifest build (no cache) | {t(cold, cold_lo, cold_hi)}, {mbps(cold)} | `b3sum ${b3_flags[$b3_best]}`, {$ncpu} processes: {t(b3, b3_lo, b3_hi)}, {mbps(b3)} "
+print(f"| cold manifest build (no cache) | {t(cold, cold_lo, cold_hi)}, {mbps(cold)} | \`b3sum ${b3_flags[$b3_best]}\`, {$ncpu} processes: {t(b3, b3_lo, b3_hi)}, {mbps(b3)} "
       f"| {cold_ratio:.2f} (b3sum time / stagingd time) | ≥ 0.80 — {verdict(cold_ratio >= 0.80)} |")
 print(f"| restart, unchanged tree (rescan with cache) | {t(warm, warm_lo, warm_hi)} | \`find -printf\` stat walk: {t(find, find_lo, find_hi)} "
       f"| {warm_ratio:.2f}× (stagingd / find) | ≤ 1.5× — {verdict(warm_ratio <= 1.5)} |")
@@ -200,7 +205,8 @@ print(f"- machine: \`nproc\` = {$ncpu}; date: $(date -u '+%Y-%m-%d %H:%M UTC'); 
 print(f"- tree: \`gen_tree.py --files ${files} --seed ${seed}\` → {nfiles:,} files, {cold_j['dirs']:,} dirs, {cold_j['symlinks']:,} symlinks, {nbytes:,} bytes ({nbytes / 1e9:.2f} GB); root {cold_j['root']}.")
 print(f"- stagingd's own scan_seconds: cold {cold_j['scan_seconds']:.3f} s ({cold_j['files_hashed']:,} files hashed, {cold_j['files_reused']:,} reused); "
       f"rescan with cache {warm_j['scan_seconds']:.3f} s ({warm_j['files_hashed']:,} hashed, {warm_j['files_reused']:,} reused"
-      + ("; no file re-read)." if warm_j["files_hashed"] == 0 else "; **files were re-read**)."))
+      + ("; no file re-read" if warm_j["files_hashed"] == 0 else "; **files were re-read**")
+      + (f"; cache: {warm_j['cache']}" if "cache" in warm_j else "") + ").")
 print("- b3sum variants (the fastest is the reference): " + "; ".join(
       f"{d}: {float(m):.3f} s ({float(l):.3f}–{float(h):.3f})" + (" ← fastest" if best == "1" else "") for d, m, l, h, best in b3_variants) + ".")
 print("- RSS: \`/usr/bin/time -f %M\` (KiB, median of ${runs} runs) divided by the manifest's file count.")

@@ -210,7 +210,8 @@ mod tests {
 
     #[test]
     fn rejects_every_bad_form() {
-        let cases: &[(&[u8], fn(&PathError) -> bool)] = &[
+        type IsExpected = fn(&PathError) -> bool;
+        let cases: &[(&[u8], IsExpected)] = &[
             (b"/etc/passwd", |e| matches!(e, PathError::Absolute(_))),
             (b"/", |e| matches!(e, PathError::Absolute(_))),
             (b"a//b", |e| matches!(e, PathError::EmptyComponent(_))),

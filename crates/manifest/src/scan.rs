@@ -85,6 +85,7 @@ impl ScanReport {
 pub struct Skipped {
     /// The path, escaped for display (it may not be a valid [`RelPath`]).
     pub path: String,
+    #[serde(flatten)]
     pub reason: SkipReason,
 }
 

@@ -380,10 +380,11 @@ impl Manifest {
         let (parents, name) = split_parent(path)?;
         self.root.with_dir_mut(path, &parents, |dir| {
             let i = dir.position(name).map_err(|_| TreeError::NotFound(path.clone()))?;
-            if let Node::Dir(d) = &dir.children[i].node {
-                if !recursive && !d.children.is_empty() {
-                    return Err(TreeError::NotEmpty(path.clone()));
-                }
+            if let Node::Dir(d) = &dir.children[i].node
+                && !recursive
+                && !d.children.is_empty()
+            {
+                return Err(TreeError::NotEmpty(path.clone()));
             }
             Ok(dir.children.remove(i).node)
         })

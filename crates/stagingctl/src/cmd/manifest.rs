@@ -59,7 +59,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     let excludes = Excludes::new(&args.exclude).map_err(|e| hinted(e.to_string(), "fix or remove that --exclude"))?;
-    let options = ScanOptions { excludes };
+    let options = ScanOptions { excludes, ..ScanOptions::default() };
 
     let (previous, mut cache_state) = match &args.cache {
         None => (None, "none".to_owned()),
@@ -79,11 +79,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let scan_seconds = started.elapsed().as_secs_f64();
     drop(previous);
 
-    if let Some(path) = &args.cache {
-        if let Err(e) = cache::save(&scan.manifest, &dir, path) {
-            eprintln!("warning: could not write stat cache: {e}");
-            cache_state = format!("not written: {e}");
-        }
+    if let Some(path) = &args.cache
+        && let Err(e) = cache::save(&scan.manifest, &dir, path)
+    {
+        eprintln!("warning: could not write stat cache: {e}");
+        cache_state = format!("not written: {e}");
     }
 
     let totals = scan.manifest.totals();
