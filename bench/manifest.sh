@@ -62,14 +62,17 @@ mkdir -p "$BENCH_OUT"
 export BENCH_OUT
 
 # 2. build
+binary_desc="given with --stagingctl"
 if [[ -z $stagingctl ]]; then
+    binary_desc="built by this script with cargo build --release -p stagingctl"
     command -v cargo >/dev/null 2>&1 || die "cargo not found (needed to build stagingctl)"
     log "building: cargo build --release -p stagingctl (in $repo)"
     (cd "$repo" && cargo build --release -p stagingctl >&2) || die "cargo build --release -p stagingctl failed"
     stagingctl=${CARGO_TARGET_DIR:-$repo/target}/release/stagingctl
     [[ $stagingctl == /* ]] || stagingctl=$repo/$stagingctl
 fi
-[[ -x $stagingctl ]] || die "stagingctl binary not found or not executable: $stagingctl"
+[[ -x $stagingctl && -f $stagingctl ]] || die "stagingctl binary not found or not executable: $stagingctl"
+stagingctl=$(cd "$(dirname "$stagingctl")" && pwd -P)/$(basename "$stagingctl")
 
 # 3. reference tree (generated once per N, then reused)
 tree=$(ensure_tree "$files" "$seed" "$workdir")
@@ -201,7 +204,7 @@ print(f"| restart, unchanged tree (rescan with cache) | {t(warm, warm_lo, warm_h
 print(f"| peak RSS, cold build | {rss_cold_kib / 1024:,.1f} MiB | {nfiles:,} files | {bpf_cold:,.0f} bytes/file | ≤ 300 bytes/file — {verdict(bpf_cold <= 300)} |")
 print(f"| peak RSS, rescan with cache | {rss_warm_kib / 1024:,.1f} MiB | {nfiles:,} files | {bpf_warm:,.0f} bytes/file | ≤ 300 bytes/file — {verdict(bpf_warm <= 300)} |")
 print()
-print(f"- machine: \`nproc\` = {$ncpu}; date: $(date -u '+%Y-%m-%d %H:%M UTC'); commit: $commit; timer: $timer_desc; times are medians (min–max) of wall-clock seconds over ${runs} runs, hot page cache (warm-up right before each run).")
+print(f"- machine: \`nproc\` = {$ncpu}; date: $(date -u '+%Y-%m-%d %H:%M UTC'); commit: $commit (stagingctl $binary_desc); timer: $timer_desc; times are medians (min–max) of wall-clock seconds over ${runs} runs, hot page cache (warm-up right before each run).")
 print(f"- tree: \`gen_tree.py --files ${files} --seed ${seed}\` → {nfiles:,} files, {cold_j['dirs']:,} dirs, {cold_j['symlinks']:,} symlinks, {nbytes:,} bytes ({nbytes / 1e9:.2f} GB); root {cold_j['root']}.")
 print(f"- stagingd's own scan_seconds: cold {cold_j['scan_seconds']:.3f} s ({cold_j['files_hashed']:,} files hashed, {cold_j['files_reused']:,} reused); "
       f"rescan with cache {warm_j['scan_seconds']:.3f} s ({warm_j['files_hashed']:,} hashed, {warm_j['files_reused']:,} reused"

@@ -114,3 +114,159 @@ pub fn cp_a(from: &Path, to: &Path) {
     let status = Command::new("cp").arg("-a").arg(from).arg(to).status().expect("run cp");
     assert!(status.success(), "cp -a {} {} failed", from.display(), to.display());
 }
+
+/// A running `stagingd` process with its own temp state dir and admin socket,
+/// listening on a loopback port chosen at run time. Stopped (SIGKILL) on drop.
+#[derive(Debug)]
+pub struct Daemon {
+    pub name: String,
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub socket: PathBuf,
+    pub port: u16,
+    log: PathBuf,
+    args: Vec<String>,
+    _dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+/// A loopback port that was free a moment ago. A daemon that loses the race for
+/// it fails to bind and is restarted on another by [`Daemon::start`].
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().expect("addr").port()
+}
+
+/// Polls `condition` every few milliseconds until it holds or `deadline` passes.
+pub fn wait_until(what: &str, deadline: std::time::Duration, mut condition: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + deadline;
+    while !condition() {
+        assert!(std::time::Instant::now() < until, "timed out after {deadline:?} waiting until {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+impl Daemon {
+    /// Starts a daemon named `name` serving `root` as tree `staging`, on `port`,
+    /// with `extra` flags (peers, say), and waits until its first scan is done.
+    pub fn start(name: &str, root: &Path, port: u16, extra: &[String]) -> Daemon {
+        let dir = tempfile::tempdir().expect("daemon temp dir");
+        let state = dir.path().join("state");
+        let socket = dir.path().join("admin.sock");
+        let log = dir.path().join("stagingd.log");
+        let mut args = vec![
+            "--name".to_owned(),
+            name.to_owned(),
+            "--root".to_owned(),
+            root.display().to_string(),
+            "--state-dir".to_owned(),
+            state.display().to_string(),
+            "--admin-socket".to_owned(),
+            socket.display().to_string(),
+            "--shutdown-grace-secs".to_owned(),
+            "3".to_owned(),
+            "--peer-timeout-secs".to_owned(),
+            "2".to_owned(),
+        ];
+        args.extend(extra.iter().cloned());
+        let mut daemon = Daemon {
+            name: name.to_owned(),
+            root: root.to_owned(),
+            state,
+            socket,
+            port,
+            log,
+            args,
+            _dir: dir,
+            child: None,
+        };
+        daemon.restart();
+        daemon
+    }
+
+    /// (Re)starts the process with the same state dir, socket and port, and
+    /// waits until it answers and its trees are scanned.
+    pub fn restart(&mut self) {
+        self.kill();
+        let log = fs::File::options().create(true).append(true).open(&self.log).expect("open daemon log");
+        let child = Command::new(bin("stagingd"))
+            .args(&self.args)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn stagingd");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().expect("try_wait")) {
+                panic!("stagingd {} exited early ({status}):\n{}", self.name, self.log());
+            }
+            if let Some(json) = self.status_json()
+                && json["trees"].as_array().is_some_and(|trees| trees.iter().all(|t| t["readiness"] != "scanning"))
+            {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "stagingd {} never became ready:\n{}", self.name, self.log());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `stagingctl --admin-socket <this daemon's socket> ARGS`.
+    pub fn ctl<S: AsRef<std::ffi::OsStr>>(&self, args: impl IntoIterator<Item = S>) -> Output {
+        let mut command = Command::new(bin("stagingctl"));
+        command.arg("--admin-socket").arg(&self.socket).args(args);
+        run(&mut command)
+    }
+
+    /// `status --json` as a value, or `None` when the daemon does not answer yet.
+    pub fn status_json(&self) -> Option<serde_json::Value> {
+        let output = self.ctl(["status", "--json"]);
+        output.status.success().then(|| serde_json::from_slice(&output.stdout).expect("status --json is JSON"))
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends SIGTERM and waits (up to `deadline`) for the exit; returns its status.
+    pub fn terminate(&mut self, deadline: std::time::Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("kill");
+        assert!(status.success());
+        let until = std::time::Instant::now() + deadline;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if std::time::Instant::now() > until {
+                let _ = child.kill();
+                panic!("stagingd {} did not exit within {deadline:?} of SIGTERM:\n{}", self.name, self.log());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

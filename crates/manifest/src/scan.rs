@@ -127,9 +127,60 @@ pub enum ScanError {
     NotADirectory { path: PathBuf },
 }
 
+/// The stat cache a scan consults: borrowed when the caller keeps using the old
+/// manifest (a daemon serving it during a rescan), owned when it does not (a
+/// restart from the persisted cache): an owned one is consumed directory by
+/// directory as the walk goes, so the two manifests are not both whole in memory.
+#[derive(Debug)]
+pub enum Previous<'a> {
+    None,
+    Borrowed(&'a Manifest),
+    Owned(Manifest),
+}
+
+impl<'a> From<Option<&'a Manifest>> for Previous<'a> {
+    fn from(previous: Option<&'a Manifest>) -> Self {
+        previous.map_or(Previous::None, Previous::Borrowed)
+    }
+}
+
+impl From<Manifest> for Previous<'_> {
+    fn from(previous: Manifest) -> Self {
+        Previous::Owned(previous)
+    }
+}
+
+impl Previous<'_> {
+    /// An owned previous manifest, if there is one.
+    pub fn owned(previous: Option<Manifest>) -> Self {
+        previous.map_or(Previous::None, Previous::Owned)
+    }
+}
+
+/// One directory's previous contents, borrowed or owned (see [`Previous`]).
+enum PreviousDir<'a> {
+    Borrowed(&'a Dir),
+    Owned(Dir),
+}
+
+/// One entry's previous state, borrowed or owned.
+enum PreviousNode<'a> {
+    Borrowed(&'a Node),
+    Owned(Node),
+}
+
+impl PreviousNode<'_> {
+    fn node(&self) -> &Node {
+        match self {
+            PreviousNode::Borrowed(node) => node,
+            PreviousNode::Owned(node) => node,
+        }
+    }
+}
+
 /// Scans `root`. `previous` (the last manifest of the same root, e.g. loaded from
 /// the stat cache) lets unchanged files keep their hashes without being read.
-pub fn scan(root: &Path, options: &ScanOptions, previous: Option<&Manifest>) -> Result<Scan, ScanError> {
+pub fn scan<'a>(root: &Path, options: &ScanOptions, previous: impl Into<Previous<'a>>) -> Result<Scan, ScanError> {
     let root_error = |source| ScanError::Root { path: root.to_path_buf(), source };
     let meta = fs::metadata(root).map_err(root_error)?;
     if !meta.is_dir() {
@@ -142,8 +193,12 @@ pub fn scan(root: &Path, options: &ScanOptions, previous: Option<&Manifest>) -> 
         files_reused: AtomicU64::new(0),
         skipped: Mutex::new(Vec::new()),
     };
-    let root_dir =
-        walker.scan_dir(root, &RelPath::root(), dir_meta(&meta), previous.map(Manifest::root)).map_err(root_error)?;
+    let previous = match previous.into() {
+        Previous::None => None,
+        Previous::Borrowed(m) => Some(PreviousDir::Borrowed(m.root())),
+        Previous::Owned(m) => Some(PreviousDir::Owned(m.into_root())),
+    };
+    let root_dir = walker.scan_dir(root, &RelPath::root(), dir_meta(&meta), previous).map_err(root_error)?;
     let mut skipped = walker.skipped.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
     skipped.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(Scan {
@@ -239,10 +294,38 @@ impl Walker<'_> {
         self.skipped.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(Skipped { path, reason });
     }
 
-    fn scan_dir(&self, abs: &Path, rel: &RelPath, meta: DirMeta, previous: Option<&Dir>) -> io::Result<Dir> {
-        let entries = fs::read_dir(abs)?.collect::<io::Result<Vec<fs::DirEntry>>>()?;
-        let children: Vec<Entry> =
-            entries.into_par_iter().filter_map(|entry| self.scan_entry(abs, rel, &entry, previous)).collect();
+    fn scan_dir(&self, abs: &Path, rel: &RelPath, meta: DirMeta, previous: Option<PreviousDir<'_>>) -> io::Result<Dir> {
+        let mut entries = fs::read_dir(abs)?.collect::<io::Result<Vec<fs::DirEntry>>>()?;
+        let paired: Vec<(fs::DirEntry, Option<PreviousNode<'_>>)> = match previous {
+            None => entries.into_iter().map(|entry| (entry, None)).collect(),
+            Some(PreviousDir::Borrowed(dir)) => entries
+                .into_iter()
+                .map(|entry| {
+                    let old = dir.child(entry.file_name().as_bytes()).map(PreviousNode::Borrowed);
+                    (entry, old)
+                })
+                .collect(),
+            Some(PreviousDir::Owned(dir)) => {
+                // Both sides sorted by name bytes: a merge hands each new entry its
+                // old self by value, and the old directory is gone when this ends.
+                entries.sort_by_key(|entry| entry.file_name());
+                let mut old = dir.into_children().into_iter().peekable();
+                entries
+                    .into_iter()
+                    .map(|entry| {
+                        let name = entry.file_name();
+                        while old.next_if(|o| &*o.name < name.as_bytes()).is_some() {}
+                        let previous =
+                            old.next_if(|o| &*o.name == name.as_bytes()).map(|o| PreviousNode::Owned(o.node));
+                        (entry, previous)
+                    })
+                    .collect()
+            }
+        };
+        let children: Vec<Entry> = paired
+            .into_par_iter()
+            .filter_map(|(entry, previous)| self.scan_entry(abs, rel, &entry, previous))
+            .collect();
         Ok(Dir::new(meta, children))
     }
 
@@ -251,7 +334,7 @@ impl Walker<'_> {
         parent_abs: &Path,
         parent: &RelPath,
         entry: &fs::DirEntry,
-        previous: Option<&Dir>,
+        previous: Option<PreviousNode<'_>>,
     ) -> Option<Entry> {
         let file_name = entry.file_name();
         let name = file_name.as_bytes();
@@ -275,11 +358,11 @@ impl Walker<'_> {
                 return None;
             }
         };
-        let previous = previous.and_then(|d| d.child(name));
         let file_type = metadata.file_type();
         let node = if file_type.is_dir() {
             let previous_dir = match previous {
-                Some(Node::Dir(d)) => Some(d),
+                Some(PreviousNode::Borrowed(Node::Dir(d))) => Some(PreviousDir::Borrowed(d)),
+                Some(PreviousNode::Owned(Node::Dir(d))) => Some(PreviousDir::Owned(d)),
                 _ => None,
             };
             match self.scan_dir(&abs, &path, dir_meta(&metadata), previous_dir) {
@@ -291,7 +374,7 @@ impl Walker<'_> {
                 }
             }
         } else if file_type.is_file() {
-            match self.scan_file(&abs, &metadata, previous) {
+            match self.scan_file(&abs, &metadata, previous.as_ref().map(PreviousNode::node)) {
                 Ok(meta) => Node::File(meta),
                 Err(e) if e.is_not_found() => return None,
                 Err(HashFileError::KeptChanging) => {

@@ -237,6 +237,11 @@ impl Dir {
         &self.children
     }
 
+    /// Takes the children out, sorted by name.
+    pub fn into_children(self) -> Vec<Entry> {
+        self.children
+    }
+
     pub fn child(&self, name: &[u8]) -> Option<&Node> {
         self.position(name).ok().map(|i| &self.children[i].node)
     }
@@ -329,6 +334,10 @@ impl Manifest {
 
     pub fn root(&self) -> &Dir {
         &self.root
+    }
+
+    pub fn into_root(self) -> Dir {
+        self.root
     }
 
     pub fn totals(&self) -> Totals {

@@ -211,6 +211,10 @@ fn persisted_cache_round_trips_and_bad_caches_are_discarded() {
 
     let again = scan(&root, &settled_at_once(), Some(&loaded)).unwrap();
     assert_eq!(again.report.files_hashed, 0);
+    // Handed over by value (as on a restart), the cache is consumed and still used.
+    let consumed = scan(&root, &settled_at_once(), manifest::scan::Previous::Owned(loaded)).unwrap();
+    assert_eq!((consumed.report.files_hashed, consumed.report.files_reused), (0, 1));
+    assert_eq!(consumed.manifest, again.manifest);
 
     let good = fs::read(&cache_path).unwrap();
     let invalid = |bytes: &[u8], for_root: &Path| {

@@ -4,12 +4,16 @@
 //! the command and turns its outcome into an exit code: 0 success (or nothing to
 //! do), 1 error, 2 usage, 3 refused by a guard. Errors are printed with their
 //! cause chain and, where there is one, a `hint:` line saying what to do next.
-//! `stagingctl` never links the daemon; it talks to it over the admin socket.
+//! `stagingctl` never links the daemon; it talks to it over the admin socket
+//! (`client.rs`).
 
+mod client;
 mod cmd;
 mod output;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -17,10 +21,25 @@ use clap::{Parser, Subcommand};
 pub const EXIT_ERROR: u8 = 1;
 /// Exit code for a usage error (clap uses it too).
 pub const EXIT_USAGE: u8 = 2;
+/// Exit code for a request the daemon refused by policy (a guard, or pooling
+/// to `serve` without a matching serving peer).
+pub const EXIT_REFUSED: u8 = 3;
 
 #[derive(Debug, Parser)]
 #[command(name = "stagingctl", version, about = "Operate stagingd, the staging tree sync daemon")]
 struct Cli {
+    /// The local daemon's admin socket.
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "STAGINGD_ADMIN_SOCKET",
+        default_value = client::DEFAULT_ADMIN_SOCKET
+    )]
+    admin_socket: PathBuf,
+    /// Give up on connecting to the daemon, and on each call, after this long (e.g. `10s`, `1m`).
+    #[arg(long, global = true, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -29,12 +48,19 @@ struct Cli {
 enum Command {
     /// Scan a directory offline and print its root hash and counts (no daemon needed).
     Manifest(cmd::manifest::Args),
+    /// Show this node, its trees and its peers; `--check` for monitoring.
+    Status(cmd::status::Args),
+    /// Change this node's pool state: serve, receive-only or depooled.
+    Pool(cmd::pool::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let daemon = client::Target { socket: cli.admin_socket, timeout: cli.timeout };
     let result = match cli.command {
         Command::Manifest(args) => cmd::manifest::run(args),
+        Command::Status(args) => cmd::status::run(args, &daemon),
+        Command::Pool(args) => cmd::pool::run(args, &daemon),
     };
     match result {
         Ok(code) => code,

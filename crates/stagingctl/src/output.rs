@@ -3,7 +3,7 @@
 use std::io::{self, Write};
 use std::process::ExitCode;
 
-use crate::EXIT_ERROR;
+use crate::{EXIT_ERROR, EXIT_REFUSED};
 
 /// An error that carries the next step for the operator.
 #[derive(Debug)]
@@ -24,6 +24,12 @@ impl std::error::Error for Hinted {}
 /// Builds an error with a `hint:` line.
 pub fn hinted(message: impl Into<String>, hint: impl Into<String>) -> anyhow::Error {
     Hinted { message: message.into(), hint: hint.into(), code: EXIT_ERROR }.into()
+}
+
+/// Builds an error for a request the daemon refused by policy: printed like
+/// [`hinted`], but the command exits 3.
+pub fn refused(message: impl Into<String>, hint: impl Into<String>) -> anyhow::Error {
+    Hinted { message: message.into(), hint: hint.into(), code: EXIT_REFUSED }.into()
 }
 
 /// Prints `error` with its cause chain (and hint) to stderr, and picks the exit code.

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
+use manifest::scan::Previous;
 use manifest::{Excludes, ScanOptions, SkipReason, cache};
 
 use crate::output::{hinted, human_bytes, print_json, thousands};
@@ -77,7 +78,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let scan = manifest::scan(&dir, &options, previous.as_ref())
         .map_err(|e| hinted(e.to_string(), "check that the directory exists and is readable by this user"))?;
     let scan_seconds = started.elapsed().as_secs_f64();
-    drop(previous);
 
     if let Some(path) = &args.cache
         && let Err(e) = cache::save(&scan.manifest, &dir, path)

@@ -1,0 +1,303 @@
+//! The `Peer` service on the network port: status, directory listings, content
+//! and root changes. Read-only by construction: no method here takes `&mut` of
+//! anything, and nothing it calls writes to a tree, the pool state or history.
+//!
+//! Content is read on the blocking pool and sent through a bounded channel, so a
+//! slow reader slows the reading down instead of making the daemon buffer.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use manifest::{Dir, Hash, Manifest, Node, RelPath};
+use proto::v1 as pb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, WatchStream};
+use tonic::{Request, Response, Status};
+
+use crate::node::Node as DaemonNode;
+use crate::pool::PoolState;
+use crate::unix_now;
+
+/// Data bytes per `ContentChunk` message (see the proto).
+pub const CHUNK_BYTES: usize = 1 << 20;
+/// Hashes one `FetchContent` request may ask for.
+pub const MAX_HASHES_PER_FETCH: usize = 20_000;
+/// Messages buffered per content stream before the reader waits for the network.
+const STREAM_BUFFER: usize = 4;
+
+#[derive(Debug, Clone)]
+pub struct PeerService {
+    node: Arc<DaemonNode>,
+}
+
+impl PeerService {
+    pub fn new(node: Arc<DaemonNode>) -> Self {
+        Self { node }
+    }
+
+    /// A depooled node serves nothing but its status.
+    fn refuse_if_depooled(&self) -> Result<(), Status> {
+        if self.node.pool().state == PoolState::Depooled {
+            return Err(Status::failed_precondition(format!(
+                "{} is depooled and serves no content",
+                self.node.config.name
+            )));
+        }
+        Ok(())
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl pb::peer_server::Peer for PeerService {
+    async fn status(&self, request: Request<pb::PeerStatusRequest>) -> Result<Response<pb::PeerStatus>, Status> {
+        Ok(Response::new(self.node.peer_status(&request.into_inner().tree)?))
+    }
+
+    async fn read_dir(&self, request: Request<pb::ReadDirRequest>) -> Result<Response<pb::ReadDirResponse>, Status> {
+        self.refuse_if_depooled()?;
+        let request = request.into_inner();
+        let tree = self.node.tree(&request.tree)?;
+        let manifest = tree.view().manifest;
+        let dir = match request.target {
+            None => return Err(Status::invalid_argument("ReadDir needs a path or a dir_hash")),
+            Some(pb::read_dir_request::Target::Path(path)) => {
+                let path = RelPath::new(&path).map_err(|e| Status::invalid_argument(e.to_string()))?;
+                manifest
+                    .dir(&path)
+                    .ok_or_else(|| Status::not_found(format!("no directory {path} in tree {}", tree.name)))?
+            }
+            Some(pb::read_dir_request::Target::DirHash(hash)) => {
+                let hash =
+                    Hash::from_slice(&hash).ok_or_else(|| Status::invalid_argument("dir_hash must be 32 bytes"))?;
+                find_dir(manifest.root(), hash)
+                    .ok_or_else(|| Status::not_found(format!("no directory with hash {hash} in tree {}", tree.name)))?
+            }
+        };
+        Ok(Response::new(crate::wire::dir_to_proto(dir, manifest.root_hash())))
+    }
+
+    type FetchContentStream = BoxStream<pb::ContentChunk>;
+
+    async fn fetch_content(
+        &self,
+        request: Request<pb::FetchContentRequest>,
+    ) -> Result<Response<Self::FetchContentStream>, Status> {
+        self.refuse_if_depooled()?;
+        let request = request.into_inner();
+        if request.hashes.len() > MAX_HASHES_PER_FETCH {
+            return Err(Status::invalid_argument(format!(
+                "{} hashes in one request; the limit is {MAX_HASHES_PER_FETCH}",
+                request.hashes.len()
+            )));
+        }
+        let wanted = request
+            .hashes
+            .iter()
+            .map(|h| Hash::from_slice(h).ok_or_else(|| Status::invalid_argument("every hash must be 32 bytes")))
+            .collect::<Result<Vec<Hash>, Status>>()?;
+        let tree = self.node.tree(&request.tree)?;
+        let root = tree.root.clone();
+        let manifest = tree.view().manifest;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let shutdown = self.node.shutdown.clone();
+        tokio::task::spawn_blocking(move || {
+            let paths = paths_of(&manifest, &wanted.iter().copied().collect());
+            send_content(&root, &wanted, &paths, &tx, &shutdown);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type WatchRootStream = BoxStream<pb::RootUpdate>;
+
+    async fn watch_root(
+        &self,
+        request: Request<pb::WatchRootRequest>,
+    ) -> Result<Response<Self::WatchRootStream>, Status> {
+        let request = request.into_inner();
+        let trees: Vec<_> = if request.tree.is_empty() {
+            self.node.trees.values().cloned().collect()
+        } else {
+            vec![Arc::clone(self.node.tree(&request.tree)?)]
+        };
+        let node = Arc::clone(&self.node);
+        let streams = trees.into_iter().map(move |tree| {
+            let node = Arc::clone(&node);
+            WatchStream::new(tree.subscribe()).map(move |info| {
+                Ok(pb::RootUpdate {
+                    tree: tree.name.clone(),
+                    root_hash: info.root.as_bytes().to_vec(),
+                    readiness: info.readiness.to_proto().into(),
+                    unix: if info.changed_unix == 0 { unix_now() } else { info.changed_unix },
+                    pool_state: node.pool().state.to_proto().into(),
+                })
+            })
+        });
+        let merged = futures::stream::select_all(streams);
+        // The stream ends when the daemon shuts down, so a graceful shutdown
+        // does not wait on subscribers that would otherwise listen forever.
+        let stream = merged.take_until(self.node.shutdown.clone().cancelled_owned());
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// The first directory (depth-first) with this hash.
+fn find_dir(dir: &Dir, hash: Hash) -> Option<&Dir> {
+    if dir.hash() == hash {
+        return Some(dir);
+    }
+    dir.children().iter().find_map(|entry| match &entry.node {
+        Node::Dir(d) => find_dir(d, hash),
+        _ => None,
+    })
+}
+
+/// One path for each wanted content hash that the manifest holds.
+fn paths_of(manifest: &Manifest, wanted: &HashSet<Hash>) -> HashMap<Hash, RelPath> {
+    fn visit(dir: &Dir, path: &RelPath, wanted: &HashSet<Hash>, found: &mut HashMap<Hash, RelPath>) {
+        for entry in dir.children() {
+            match &entry.node {
+                Node::File(f) if wanted.contains(&f.hash) && !found.contains_key(&f.hash) => {
+                    if let Ok(p) = path.join(&entry.name) {
+                        found.insert(f.hash, p);
+                    }
+                }
+                Node::Dir(d) => {
+                    if let Ok(p) = path.join(&entry.name) {
+                        visit(d, &p, wanted, found);
+                    }
+                }
+                _ => {}
+            }
+            if found.len() == wanted.len() {
+                return;
+            }
+        }
+    }
+    let mut found = HashMap::with_capacity(wanted.len());
+    visit(manifest.root(), &RelPath::root(), wanted, &mut found);
+    found
+}
+
+/// Reads each wanted blob and sends it in order, packing small blobs together and
+/// splitting big ones. A blob whose file is gone or no longer has that content is
+/// sent as `missing` (a big one found changed only at its end aborts the stream).
+/// Stops when the receiver goes away or the daemon shuts down.
+fn send_content(
+    root: &std::path::Path,
+    wanted: &[Hash],
+    paths: &HashMap<Hash, RelPath>,
+    tx: &mpsc::Sender<Result<pb::ContentChunk, Status>>,
+    shutdown: &tokio_util::sync::CancellationToken,
+) {
+    let mut message = pb::ContentChunk::default();
+    let mut message_bytes = 0usize;
+    let mut sent = HashSet::new();
+    let flush = |message: &mut pb::ContentChunk, bytes: &mut usize| -> bool {
+        if message.blobs.is_empty() {
+            return true;
+        }
+        *bytes = 0;
+        tx.blocking_send(Ok(std::mem::take(message))).is_ok()
+    };
+    for &hash in wanted {
+        if shutdown.is_cancelled() {
+            let _ = tx.blocking_send(Err(Status::unavailable("the daemon is shutting down")));
+            return;
+        }
+        if !sent.insert(hash) {
+            continue;
+        }
+        let missing = pb::Blob { hash: hash.as_bytes().to_vec(), eof: true, missing: true, ..pb::Blob::default() };
+        let Some(path) = paths.get(&hash) else {
+            message.blobs.push(missing);
+            continue;
+        };
+        let file = std::fs::File::options()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(root.join(path.as_path()));
+        let Ok(mut file) = file else {
+            message.blobs.push(missing);
+            continue;
+        };
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut hasher = blake3::Hasher::new();
+        let mut offset = 0u64;
+        if size as usize <= CHUNK_BYTES {
+            // Small: read whole, verify, then pack.
+            let mut data = Vec::with_capacity(size as usize);
+            if file.read_to_end(&mut data).is_err() || Hash::from(blake3::hash(&data)) != hash {
+                message.blobs.push(missing);
+                continue;
+            }
+            if message_bytes + data.len() > CHUNK_BYTES && !flush(&mut message, &mut message_bytes) {
+                return;
+            }
+            message_bytes += data.len();
+            let total_size = data.len() as u64;
+            message.blobs.push(pb::Blob {
+                hash: hash.as_bytes().to_vec(),
+                offset: 0,
+                data,
+                eof: true,
+                total_size,
+                missing: false,
+            });
+            continue;
+        }
+        // Big: stream in chunks, each in a message of its own.
+        if !flush(&mut message, &mut message_bytes) {
+            return;
+        }
+        let mut buffer = vec![0u8; CHUNK_BYTES];
+        loop {
+            let n = match read_full(&mut file, &mut buffer) {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(Status::aborted(format!("reading {path}: {e}"))));
+                    return;
+                }
+            };
+            hasher.update(&buffer[..n]);
+            let eof = n < buffer.len() || offset + n as u64 >= size;
+            if eof && Hash::from(hasher.finalize()) != hash {
+                let _ = tx.blocking_send(Err(Status::aborted(format!("{path} changed while it was being sent"))));
+                return;
+            }
+            let blob = pb::Blob {
+                hash: hash.as_bytes().to_vec(),
+                offset,
+                data: buffer[..n].to_vec(),
+                eof,
+                total_size: size,
+                missing: false,
+            };
+            offset += n as u64;
+            if tx.blocking_send(Ok(pb::ContentChunk { blobs: vec![blob] })).is_err() {
+                return;
+            }
+            if eof {
+                break;
+            }
+        }
+    }
+    flush(&mut message, &mut message_bytes);
+}
+
+/// Reads until `buffer` is full or the file ends.
+fn read_full(file: &mut std::fs::File, buffer: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match file.read(&mut buffer[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}

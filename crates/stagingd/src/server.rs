@@ -1,0 +1,159 @@
+//! Binding the sockets, running the services, and the staged shutdown.
+//!
+//! Shutdown on SIGTERM/SIGINT: cancel the node's token (servers stop accepting;
+//! long-lived streams end on it), give in-flight calls `shutdown_grace` to
+//! finish, then abort what is left, persist state, and remove the admin socket.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use proto::v1::admin_server::AdminServer;
+use proto::v1::peer_server::PeerServer;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::admin_service::AdminService;
+use crate::config::Config;
+use crate::node::Node;
+use crate::peer_service::PeerService;
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    fs_err::create_dir_all(&config.state_dir)?;
+    let _state_lock = lock_state_dir(&config.state_dir)?;
+
+    let tcp = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (is another daemon using that port?)", config.listen))?;
+    let listen = tcp.local_addr()?;
+    let admin = bind_admin_socket(&config.admin_socket)?;
+
+    let shutdown = CancellationToken::new();
+    let grace = config.shutdown_grace;
+    let admin_path = config.admin_socket.clone();
+    let node = Arc::new(Node::new(config, listen, shutdown.clone())?);
+    tracing::info!(
+        node = %node.config.name,
+        %listen,
+        admin_socket = %admin_path.display(),
+        trees = %node.tree_names(),
+        "stagingd started"
+    );
+
+    let mut tasks = JoinSet::new();
+    for tree in node.trees.values() {
+        let tree = Arc::clone(tree);
+        tasks.spawn(async move {
+            if let Err(e) = tree.rescan().await {
+                tracing::error!(tree = %tree.name, "scan failed: {e:#}");
+            }
+        });
+    }
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<PeerServer<PeerService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(&peer_port_descriptors()?)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+    let peer_server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(PeerServer::new(PeerService::new(Arc::clone(&node))))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(tcp), shutdown.clone().cancelled_owned());
+    let admin_server = tonic::transport::Server::builder()
+        .add_service(AdminServer::new(AdminService::new(Arc::clone(&node))))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(admin), shutdown.clone().cancelled_owned());
+    let mut servers = JoinSet::new();
+    servers.spawn(async move { peer_server.await.context("peer port") });
+    servers.spawn(async move { admin_server.await.context("admin socket") });
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let failure = tokio::select! {
+        _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); None }
+        _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); None }
+        Some(result) = servers.join_next() => Some(match result {
+            Ok(Ok(())) => anyhow::anyhow!("a server stopped unexpectedly"),
+            Ok(Err(e)) => e,
+            Err(e) => anyhow::anyhow!("a server task failed: {e}"),
+        }),
+    };
+
+    shutdown.cancel();
+    let drained = tokio::time::timeout(grace, async { while servers.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "in-flight calls did not finish within the grace period; cancelling them"
+        );
+    }
+    servers.abort_all();
+    tasks.abort_all();
+    let _ = std::fs::remove_file(&admin_path);
+    tracing::info!("stopped");
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Binds the admin socket with mode 0660. A socket file left by a dead daemon is
+/// replaced; one that a live daemon answers on is not touched, and neither is a
+/// file that is not a socket.
+fn bind_admin_socket(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        fs_err::create_dir_all(dir)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            bail!("{} exists and is not a socket; refusing to replace it", path.display())
+        }
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => bail!(
+                "another stagingd is running: its admin socket {} answers. Stop it first (systemctl stop stagingd)",
+                path.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                tracing::warn!(path = %path.display(), "replacing a stale admin socket left by a daemon that is gone");
+                fs_err::remove_file(path)?;
+            }
+            Err(e) => bail!("cannot check the existing admin socket {}: {e}", path.display()),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => bail!("cannot inspect admin socket path {}: {e}", path.display()),
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("cannot bind admin socket {}", path.display()))?;
+    fs_err::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(listener)
+}
+
+/// Holds an exclusive lock on the state directory for the daemon's lifetime, so
+/// two daemons can never share one (their journals and history would interleave).
+fn lock_state_dir(state_dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = state_dir.join("lock");
+    let file = fs_err::File::options().create(true).truncate(false).write(true).open(&path)?.into_parts().0;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|e| {
+        anyhow::anyhow!(
+            "state dir {} is locked by another stagingd ({e}); each daemon needs its own --state-dir",
+            state_dir.display()
+        )
+    })?;
+    Ok(file)
+}
+
+/// The contract's descriptors without the `Admin` service: reflection on the
+/// peer port lists what the peer port serves, and the admin service is not there.
+fn peer_port_descriptors() -> anyhow::Result<Vec<u8>> {
+    use prost::Message;
+    let mut set = prost_types::FileDescriptorSet::decode(proto::FILE_DESCRIPTOR_SET)?;
+    for file in &mut set.file {
+        file.service.retain(|service| service.name() != "Admin");
+    }
+    Ok(set.encode_to_vec())
+}

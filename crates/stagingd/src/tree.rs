@@ -1,0 +1,220 @@
+//! One managed tree: its current manifest, readiness and root-change channel.
+//!
+//! The manifest is immutable once built and shared as an `Arc`; a scan (or, later,
+//! an apply or a watcher update) builds a new one and swaps it in. Readers —
+//! status, `ReadDir`, `FetchContent` — take a snapshot and never hold the lock
+//! while they work. Scans run on the blocking pool, never on the runtime threads.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use manifest::{Excludes, Hash, Manifest, ScanOptions, cache};
+use proto::v1 as pb;
+use tokio::sync::watch;
+
+use crate::config::{TreeConfig, tree_state_dir};
+use crate::unix_now;
+
+/// Whether a tree's manifest describes the tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// The first scan has not finished: the manifest is not the tree.
+    Scanning,
+    Ready,
+    /// A sync is switching files: the tree is between two manifests.
+    Applying,
+    /// The last scan could not read some entries.
+    Incomplete,
+}
+
+impl Readiness {
+    pub fn to_proto(self) -> pb::Readiness {
+        match self {
+            Readiness::Scanning => pb::Readiness::Scanning,
+            Readiness::Ready => pb::Readiness::Ready,
+            Readiness::Applying => pb::Readiness::Applying,
+            Readiness::Incomplete => pb::Readiness::Incomplete,
+        }
+    }
+}
+
+/// What the root-change channel carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RootInfo {
+    pub root: Hash,
+    pub readiness: Readiness,
+    pub changed_unix: i64,
+}
+
+/// A consistent view of the tree at one moment.
+#[derive(Debug, Clone)]
+pub struct TreeView {
+    pub manifest: Arc<Manifest>,
+    pub readiness: Readiness,
+    pub unreadable: u64,
+    pub manifest_updated_unix: i64,
+    pub root_changed_unix: i64,
+    pub last_scan_unix: i64,
+    pub last_scan_millis: u64,
+}
+
+#[derive(Debug)]
+pub struct TreeState {
+    pub name: String,
+    pub root: PathBuf,
+    pub excludes: Excludes,
+    /// `state_dir/trees/<name>`: stat cache, journal, history.
+    pub state_dir: PathBuf,
+    view: RwLock<TreeView>,
+    root_tx: watch::Sender<RootInfo>,
+}
+
+impl TreeState {
+    pub fn new(config: &TreeConfig, state_dir: &std::path::Path) -> anyhow::Result<Self> {
+        let dir = tree_state_dir(state_dir, &config.name);
+        fs_err::create_dir_all(&dir)?;
+        let manifest = Arc::new(Manifest::empty());
+        let info = RootInfo { root: manifest.root_hash(), readiness: Readiness::Scanning, changed_unix: 0 };
+        Ok(Self {
+            name: config.name.clone(),
+            root: config.root.clone(),
+            excludes: config.excludes.clone(),
+            state_dir: dir,
+            view: RwLock::new(TreeView {
+                manifest,
+                readiness: Readiness::Scanning,
+                unreadable: 0,
+                manifest_updated_unix: 0,
+                root_changed_unix: 0,
+                last_scan_unix: 0,
+                last_scan_millis: 0,
+            }),
+            root_tx: watch::channel(info).0,
+        })
+    }
+
+    pub fn cache_path(&self) -> PathBuf {
+        self.state_dir.join("stat.cache")
+    }
+
+    /// A snapshot of the current view.
+    pub fn view(&self) -> TreeView {
+        self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<RootInfo> {
+        self.root_tx.subscribe()
+    }
+
+    /// Scans the tree (reusing the current manifest, or the stat cache on the
+    /// first scan) and installs the result; persists the stat cache.
+    pub async fn rescan(self: &Arc<Self>) -> anyhow::Result<()> {
+        let tree = Arc::clone(self);
+        let previous = {
+            let view = self.view();
+            (view.readiness != Readiness::Scanning).then_some(view.manifest)
+        };
+        let (scan, elapsed) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let started = Instant::now();
+            let options = ScanOptions { excludes: tree.excludes.clone(), ..ScanOptions::default() };
+            let scan = match &previous {
+                Some(current) => manifest::scan(&tree.root, &options, Some(&**current))?,
+                None => {
+                    // First scan: the persisted stat cache, consumed as the walk goes.
+                    let cached = cache::load(&tree.cache_path(), &tree.root).unwrap_or_else(|e| {
+                        tracing::warn!(tree = %tree.name, "{e}");
+                        None
+                    });
+                    manifest::scan(&tree.root, &options, manifest::scan::Previous::owned(cached))?
+                }
+            };
+            if let Err(e) = cache::save(&scan.manifest, &tree.root, &tree.cache_path()) {
+                tracing::warn!(tree = %tree.name, "cannot write stat cache {}: {e}", tree.cache_path().display());
+            }
+            Ok((scan, started.elapsed()))
+        })
+        .await??;
+        let report = &scan.report;
+        for skipped in report.skipped.iter().take(20) {
+            tracing::warn!(tree = %self.name, path = %skipped.path, "left out of the manifest: {}", skipped.reason);
+        }
+        let unreadable =
+            report.skipped.iter().filter(|s| !matches!(s.reason, manifest::SkipReason::Special(_))).count();
+        tracing::info!(
+            tree = %self.name,
+            root = %scan.manifest.root_hash(),
+            files = scan.manifest.totals().files,
+            hashed = report.files_hashed,
+            reused = report.files_reused,
+            unreadable,
+            millis = elapsed.as_millis() as u64,
+            "scan complete"
+        );
+        let readiness = if report.is_complete() { Readiness::Ready } else { Readiness::Incomplete };
+        self.install(Arc::new(scan.manifest), readiness, |view| {
+            view.unreadable = unreadable as u64;
+            view.last_scan_unix = unix_now();
+            view.last_scan_millis = elapsed.as_millis() as u64;
+        });
+        Ok(())
+    }
+
+    /// Swaps in a new manifest and tells root subscribers when the root moved.
+    pub fn install(&self, manifest: Arc<Manifest>, readiness: Readiness, extra: impl FnOnce(&mut TreeView)) {
+        let now = unix_now();
+        let info = {
+            let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
+            if view.manifest.root_hash() != manifest.root_hash() || view.root_changed_unix == 0 {
+                view.root_changed_unix = now;
+            }
+            view.manifest = manifest;
+            view.readiness = readiness;
+            view.manifest_updated_unix = now;
+            extra(&mut view);
+            RootInfo { root: view.manifest.root_hash(), readiness, changed_unix: view.root_changed_unix }
+        };
+        self.root_tx.send_if_modified(|current| {
+            let changed = current.root != info.root || current.readiness != info.readiness;
+            *current = info;
+            changed
+        });
+    }
+
+    /// Marks the tree as mid-apply (or back), for `source-not-ready` on peers.
+    pub fn set_readiness(&self, readiness: Readiness) {
+        let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
+        view.readiness = readiness;
+        let info = RootInfo { root: view.manifest.root_hash(), readiness, changed_unix: view.root_changed_unix };
+        drop(view);
+        self.root_tx.send_replace(info);
+    }
+
+    /// This tree's entry in a status answer.
+    pub fn status(&self) -> pb::TreeStatus {
+        let view = self.view();
+        let totals = view.manifest.totals();
+        let space = crate::space::probe(&self.root);
+        pb::TreeStatus {
+            name: self.name.clone(),
+            readiness: view.readiness.to_proto().into(),
+            root_hash: view.manifest.root_hash().as_bytes().to_vec(),
+            files: totals.files,
+            dirs: totals.dirs,
+            symlinks: totals.symlinks,
+            bytes: totals.bytes,
+            fs_free_bytes: space.free_bytes,
+            fs_free_inodes: space.free_inodes,
+            fs_total_bytes: space.total_bytes,
+            fs_total_inodes: space.total_inodes,
+            manifest_updated_unix: view.manifest_updated_unix,
+            root_changed_unix: view.root_changed_unix,
+            last_sync: None,
+            unreadable_files: view.unreadable,
+            watch_state: pb::WatchState::Disabled.into(),
+            watch_detail: "no watcher yet: the manifest is rebuilt at start".to_owned(),
+            last_scan_unix: view.last_scan_unix,
+            last_scan_millis: view.last_scan_millis,
+        }
+    }
+}

@@ -1,0 +1,410 @@
+//! Staging: every new file and symlink of a sync, written and verified under a
+//! temporary name before anything in the tree changes.
+//!
+//! [`Staging`] owns `<root>/.stagingd/staging/<sync-id>/`, on the tree's
+//! filesystem so the switch is a `rename`. There is one entry per `WriteFile` or
+//! `Symlink` op, named by the op's index in the plan. A file is streamed into its
+//! entry while BLAKE3 hashes it; a wrong size or hash removes the entry and fails
+//! with [`StageError::HashMismatch`] / [`StageError::ShortContent`] /
+//! [`StageError::TooLong`]. The final mode, mtime (and owner when asked) are set
+//! on the staged inode, so the rename that publishes it changes nothing else.
+//! [`Staging::finish`] makes the whole set durable with one `syncfs`.
+//!
+//! This module does not fetch from peers (the daemon feeds [`StagedWriter`] from
+//! its streams) and does not switch anything into the tree ([`crate::apply`]).
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use manifest::{FileMeta, Hash, Manifest, Node, Op, Owner, Plan, RelPath, SymlinkMeta};
+use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::io::Errno;
+
+use crate::history::SyncId;
+use crate::trash::Trash;
+use crate::tree_fs::{TreeFsError, TreeRoot, io_error, mtime_only, set_inode_meta};
+
+/// Where staging directories live, relative to the tree root.
+pub const STAGING_DIR: &str = ".stagingd/staging";
+
+/// Why content could not be staged.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error(
+        "{path}: content does not match its hash (expected {expected}, got {actual}); the staged copy was removed and \
+         nothing was applied"
+    )]
+    HashMismatch { path: RelPath, expected: Hash, actual: Hash },
+    #[error("{path}: content ended after {actual} of {expected} bytes; the staged copy was removed")]
+    ShortContent { path: RelPath, expected: u64, actual: u64 },
+    #[error("{path}: more content than the {expected} bytes announced; the staged copy was removed")]
+    TooLong { path: RelPath, expected: u64 },
+    #[error("stage {path}: cannot read its content from {source_path}: {source}")]
+    ReadSource {
+        path: RelPath,
+        source_path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("op {index} ({path}) has no staged content; every WriteFile and Symlink op must be staged")]
+    NotStaged { index: usize, path: RelPath },
+    #[error(transparent)]
+    Fs(#[from] TreeFsError),
+}
+
+/// The staging directory of one sync.
+#[derive(Debug)]
+pub struct Staging {
+    tree: TreeRoot,
+    sync_id: SyncId,
+    rel: RelPath,
+    dir: OwnedFd,
+    preserve_owner: bool,
+    /// Set by [`Staging::finish`], cleared by any later write (staging may run on several threads).
+    durable: AtomicBool,
+}
+
+/// The name of the staged entry for op `index`.
+pub fn entry_name(index: usize) -> String {
+    index.to_string()
+}
+
+impl Staging {
+    /// Creates (or reopens) `<root>/.stagingd/staging/<sync_id>/`.
+    /// `preserve_owner`: set each staged inode's owner and group from the plan
+    /// (only possible as root).
+    pub fn create(root: &Path, sync_id: &SyncId, preserve_owner: bool) -> Result<Self, StageError> {
+        let tree = TreeRoot::open(root)?;
+        let rel = Self::rel_dir(sync_id);
+        let dir = tree.create_dir_all(&rel, 0o700)?;
+        Ok(Self { tree, sync_id: sync_id.clone(), rel, dir, preserve_owner, durable: AtomicBool::new(false) })
+    }
+
+    /// Reopens the staging directory a journal names, for recovery. Everything in
+    /// it was made durable before the journal was written.
+    pub(crate) fn reopen(root: &Path, sync_id: &SyncId) -> Result<Self, TreeFsError> {
+        let tree = TreeRoot::open(root)?;
+        let rel = Self::rel_dir(sync_id);
+        let dir = tree.open_dir(&rel)?;
+        Ok(Self { tree, sync_id: sync_id.clone(), rel, dir, preserve_owner: false, durable: AtomicBool::new(true) })
+    }
+
+    fn rel_dir(sync_id: &SyncId) -> RelPath {
+        RelPath::new(format!("{STAGING_DIR}/{}", sync_id.as_str())).expect("sync ids are single valid names")
+    }
+
+    pub fn sync_id(&self) -> &SyncId {
+        &self.sync_id
+    }
+
+    /// The staging directory's host path.
+    pub fn path(&self) -> PathBuf {
+        self.tree.path().join(self.rel.as_path())
+    }
+
+    pub(crate) fn dir_fd(&self) -> &OwnedFd {
+        &self.dir
+    }
+
+    /// True once [`Staging::finish`] has made every staged entry durable.
+    pub fn is_durable(&self) -> bool {
+        self.durable.load(Ordering::SeqCst)
+    }
+
+    fn owner(&self, owner: Owner) -> Option<Owner> {
+        self.preserve_owner.then_some(owner)
+    }
+
+    /// Opens op `index`'s entry for content that arrives in chunks.
+    pub fn writer(&self, index: usize, path: &RelPath, file: &FileMeta) -> Result<StagedWriter, StageError> {
+        self.durable.store(false, Ordering::SeqCst);
+        let name = entry_name(index);
+        let shown = format!("{}/{}", self.path().display(), name);
+        let dir = self.dir.try_clone().map_err(|e| TreeFsError::Io { op: "stage", path: shown.clone(), source: e })?;
+        let fd = rustix::fs::openat(
+            &dir,
+            name.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| io_error("create staged file", shown.clone(), e))?;
+        Ok(StagedWriter {
+            dir,
+            name,
+            shown,
+            file: Some(std::fs::File::from(fd)),
+            hasher: blake3::Hasher::new(),
+            written: 0,
+            path: path.clone(),
+            expected: file.clone(),
+            owner: self.owner(file.owner),
+        })
+    }
+
+    /// Streams `reader` into op `index`'s entry, verifying size and hash.
+    /// Returns the bytes written.
+    pub fn stage_file(
+        &self,
+        index: usize,
+        path: &RelPath,
+        file: &FileMeta,
+        mut reader: impl Read,
+    ) -> Result<u64, StageError> {
+        let mut writer = self.writer(index, path, file)?;
+        let mut buffer = vec![0u8; 256 << 10];
+        loop {
+            let n = match reader.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    return Err(StageError::ReadSource { path: path.clone(), source_path: "(stream)".into(), source });
+                }
+            };
+            writer.write_chunk(&buffer[..n])?;
+        }
+        writer.finish()
+    }
+
+    /// Copies a local file (another path in the tree, or a trash object) into op
+    /// `index`'s entry. The source is read with `O_NOFOLLOW` and verified like any
+    /// fetched content: it may have changed since it was hashed.
+    pub fn stage_local_copy(
+        &self,
+        index: usize,
+        path: &RelPath,
+        file: &FileMeta,
+        source: &LocalSource,
+    ) -> Result<u64, StageError> {
+        let (dir, name, shown) = match source {
+            LocalSource::Tree(from) => {
+                let (dir, name) = self.tree.parent("read local copy", from)?;
+                (dir, name.to_vec(), self.tree.shown(from))
+            }
+            LocalSource::Trash => {
+                let rel = RelPath::new(crate::trash::TRASH_DIR).expect("constant path is valid");
+                let dir = self.tree.open_dir(&rel)?;
+                let hex = file.hash.to_hex();
+                let shown = format!("{}/{hex}", self.tree.shown(&rel));
+                (dir, hex.into_bytes(), shown)
+            }
+        };
+        let fd = rustix::fs::openat(
+            &dir,
+            name.as_slice(),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| StageError::ReadSource {
+            path: path.clone(),
+            source_path: shown.clone(),
+            source: e.into(),
+        })?;
+        let reader = std::fs::File::from(fd);
+        self.stage_file(index, path, file, reader).map_err(|e| match e {
+            StageError::ReadSource { path, source, .. } => StageError::ReadSource { path, source_path: shown, source },
+            other => other,
+        })
+    }
+
+    /// Creates op `index`'s entry as a symlink to `link.target`, with its mtime (and owner).
+    pub fn stage_symlink(&self, index: usize, path: &RelPath, link: &SymlinkMeta) -> Result<(), StageError> {
+        self.durable.store(false, Ordering::SeqCst);
+        let name = entry_name(index);
+        let shown = format!("{}/{}", self.path().display(), name);
+        match rustix::fs::unlinkat(&self.dir, name.as_str(), AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(e) => return Err(io_error("stage symlink", shown, e).into()),
+        }
+        let target = std::ffi::OsStr::from_bytes(&link.target);
+        rustix::fs::symlinkat(target, &self.dir, name.as_str())
+            .map_err(|e| io_error("stage symlink", format!("{shown} (for {path})"), e))?;
+        if let Some(owner) = self.owner(link.owner) {
+            rustix::fs::chownat(
+                &self.dir,
+                name.as_str(),
+                Some(rustix::fs::Uid::from_raw(owner.uid)),
+                Some(rustix::fs::Gid::from_raw(owner.gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| io_error("set owner of staged symlink", shown.clone(), e))?;
+        }
+        rustix::fs::utimensat(&self.dir, name.as_str(), &mtime_only(link.mtime), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| io_error("set mtime of staged symlink", shown, e))?;
+        Ok(())
+    }
+
+    /// Makes every staged entry durable with one `syncfs` of the tree's filesystem.
+    pub fn finish(&self) -> Result<(), StageError> {
+        self.tree.syncfs()?;
+        self.durable.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Checks that every `WriteFile` and `Symlink` op of `plan` has a staged entry
+    /// of the right kind (and size), before the journal commits to them.
+    pub fn check_complete(&self, plan: &Plan) -> Result<(), StageError> {
+        for (index, op) in plan.ops.iter().enumerate() {
+            let expected = match op {
+                Op::WriteFile { file, .. } => Some((crate::tree_fs::EntryKind::File, file.size)),
+                Op::Symlink { .. } => Some((crate::tree_fs::EntryKind::Symlink, 0)),
+                _ => None,
+            };
+            let Some((kind, size)) = expected else { continue };
+            let found = crate::tree_fs::lstat_at(&self.dir, entry_name(index).as_bytes())
+                .map_err(|e| io_error("check staged entry", self.path().display().to_string(), e))?;
+            match found {
+                Some(st) if st.kind == kind && (kind != crate::tree_fs::EntryKind::File || st.size == size) => {}
+                _ => return Err(StageError::NotStaged { index, path: op.path().clone() }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the staging directory and everything in it.
+    pub fn discard(self) -> Result<(), StageError> {
+        Ok(remove_dir_all(&self.path())?)
+    }
+}
+
+/// `remove_dir_all` that tolerates a missing directory (std's never follows symlinks).
+pub(crate) fn remove_dir_all(path: &Path) -> Result<(), TreeFsError> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => {
+            Err(TreeFsError::Io { op: "remove staging directory", path: path.display().to_string(), source })
+        }
+    }
+}
+
+/// Where a local copy comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalSource {
+    /// Another path in the tree that holds the same content.
+    Tree(RelPath),
+    /// The trash object named by the content hash.
+    Trash,
+}
+
+/// A staged file being written chunk by chunk. Dropped without
+/// [`StagedWriter::finish`], the partial file is removed.
+#[derive(Debug)]
+pub struct StagedWriter {
+    dir: OwnedFd,
+    name: String,
+    shown: String,
+    file: Option<std::fs::File>,
+    hasher: blake3::Hasher,
+    written: u64,
+    path: RelPath,
+    expected: FileMeta,
+    owner: Option<Owner>,
+}
+
+impl StagedWriter {
+    /// Appends `bytes`, hashing them. More bytes than announced fail at once.
+    pub fn write_chunk(&mut self, bytes: &[u8]) -> Result<(), StageError> {
+        if self.written + bytes.len() as u64 > self.expected.size {
+            return Err(StageError::TooLong { path: self.path.clone(), expected: self.expected.size });
+        }
+        self.hasher.update(bytes);
+        let file = self.file.as_mut().expect("the file is open until finish");
+        file.write_all(bytes).map_err(|source| TreeFsError::Io {
+            op: "write staged file",
+            path: self.shown.clone(),
+            source,
+        })?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Verifies size and hash, then sets owner, mode and mtime on the staged inode.
+    pub fn finish(mut self) -> Result<u64, StageError> {
+        if self.written != self.expected.size {
+            return Err(StageError::ShortContent {
+                path: self.path.clone(),
+                expected: self.expected.size,
+                actual: self.written,
+            });
+        }
+        let actual: Hash = self.hasher.finalize().into();
+        if actual != self.expected.hash {
+            return Err(StageError::HashMismatch { path: self.path.clone(), expected: self.expected.hash, actual });
+        }
+        let file = self.file.take().expect("the file is open until finish");
+        set_inode_meta(&file, self.expected.mode, self.expected.mtime, self.owner)
+            .map_err(|e| io_error("set metadata of staged file", self.shown.clone(), e))?;
+        // Done: keep the entry (Drop removes it only while `file` is still open).
+        self.name.clear();
+        Ok(self.written)
+    }
+}
+
+impl Drop for StagedWriter {
+    fn drop(&mut self) {
+        if !self.name.is_empty() {
+            let _ = rustix::fs::unlinkat(&self.dir, self.name.as_str(), AtFlags::empty());
+        }
+    }
+}
+
+/// Stages every `WriteFile` and `Symlink` op of `plan` from local content only:
+/// the trash first, then any path of `current` with the same hash. Rollback uses
+/// it (all its content is local); a sync uses it before fetching the rest.
+/// Returns the indices of `WriteFile` ops that had no usable local copy.
+pub fn stage_from_local(
+    staging: &Staging,
+    plan: &Plan,
+    current: &Manifest,
+    trash: &Trash,
+) -> Result<Vec<usize>, StageError> {
+    let mut by_hash: HashMap<Hash, RelPath> = HashMap::new();
+    for (path, node) in current.walk() {
+        if let Node::File(f) = node {
+            by_hash.entry(f.hash).or_insert(path);
+        }
+    }
+    let mut missing = Vec::new();
+    for (index, op) in plan.ops.iter().enumerate() {
+        match op {
+            Op::Symlink { path, link, .. } => staging.stage_symlink(index, path, link)?,
+            Op::WriteFile { path, file, .. } => {
+                let mut sources = Vec::new();
+                if trash.contains(&file.hash) {
+                    sources.push(LocalSource::Trash);
+                }
+                if let Some(from) = by_hash.get(&file.hash) {
+                    sources.push(LocalSource::Tree(from.clone()));
+                }
+                let mut staged = false;
+                for source in &sources {
+                    match staging.stage_local_copy(index, path, file, source) {
+                        Ok(_) => {
+                            staged = true;
+                            break;
+                        }
+                        Err(
+                            e @ (StageError::HashMismatch { .. }
+                            | StageError::ShortContent { .. }
+                            | StageError::TooLong { .. }
+                            | StageError::ReadSource { .. }),
+                        ) => {
+                            tracing::warn!(%path, ?source, "local copy unusable: {e}");
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                if !staged {
+                    missing.push(index);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(missing)
+}

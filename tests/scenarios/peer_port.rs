@@ -1,0 +1,141 @@
+//! The network port: generic gRPC clients work against it (health, reflection),
+//! it offers no way to change anything, and SIGTERM ends even a never-ending
+//! stream within the grace period.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use proto::v1 as pb;
+use stagingd_tests::{Daemon, TestTree, free_port};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_reflection::pb::v1 as reflection;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+async fn channel(daemon: &Daemon) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(daemon.url()).unwrap().connect().await.unwrap()
+}
+
+fn sample() -> TestTree {
+    let tree = TestTree::new();
+    tree.write("a.php", "<?php\n").write("big.bin", vec![7u8; 3 << 20]);
+    tree
+}
+
+#[test]
+fn health_answers_and_reflection_lists_only_read_only_services() {
+    let tree = sample();
+    let daemon = Daemon::start("deploy1002", tree.path(), free_port(), &[]);
+    runtime().block_on(async {
+        let channel = channel(&daemon).await;
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        for service in ["", "stagingd.v1.Peer"] {
+            let answer = health
+                .check(tonic_health::pb::HealthCheckRequest { service: service.to_owned() })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(answer.status(), ServingStatus::Serving, "health of {service:?}");
+        }
+
+        let mut client = reflection::server_reflection_client::ServerReflectionClient::new(channel.clone());
+        let request = reflection::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(reflection::server_reflection_request::MessageRequest::ListServices(String::new())),
+        };
+        let mut responses = client.server_reflection_info(futures::stream::iter([request])).await.unwrap().into_inner();
+        let response = responses.next().await.unwrap().unwrap();
+        let Some(reflection::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+            response.message_response
+        else {
+            panic!("unexpected reflection answer: {response:?}");
+        };
+        let mut services: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        services.sort();
+        assert_eq!(services, ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "stagingd.v1.Peer"]);
+
+        // The admin service is not on the network port: a state change sent there is
+        // answered UNIMPLEMENTED and changes nothing.
+        let mut admin = pb::admin_client::AdminClient::new(channel.clone());
+        let error = admin
+            .set_pool_state(pb::SetPoolStateRequest {
+                state: pb::PoolState::Serve.into(),
+                bootstrap: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), tonic::Code::Unimplemented);
+    });
+    let json = daemon.status_json().unwrap();
+    assert_eq!(json["node"]["pool"]["state"], "receive-only");
+}
+
+#[test]
+fn read_dir_and_fetch_content_serve_the_manifest() {
+    let tree = sample();
+    let daemon = Daemon::start("deploy1002", tree.path(), free_port(), &[]);
+    let local = tree.manifest();
+    runtime().block_on(async {
+        let mut peer = pb::peer_client::PeerClient::new(channel(&daemon).await);
+        let root = peer
+            .read_dir(pb::ReadDirRequest {
+                tree: String::new(),
+                target: Some(pb::read_dir_request::Target::Path(Vec::new())),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(root.hash, local.root_hash().as_bytes());
+        let names: Vec<&[u8]> = root.entries.iter().map(|e| e.name.as_slice()).collect();
+        assert_eq!(names, [&b"a.php"[..], b"big.bin"]);
+
+        // A small and a big blob, and one the peer does not have.
+        let unknown = [9u8; 32].to_vec();
+        let hashes = vec![root.entries[0].hash.clone(), root.entries[1].hash.clone(), unknown.clone()];
+        let mut stream =
+            peer.fetch_content(pb::FetchContentRequest { tree: "staging".into(), hashes }).await.unwrap().into_inner();
+        let mut blobs: std::collections::HashMap<Vec<u8>, (Vec<u8>, bool)> = Default::default();
+        while let Some(chunk) = stream.next().await {
+            for blob in chunk.unwrap().blobs {
+                let entry = blobs.entry(blob.hash.clone()).or_default();
+                assert_eq!(blob.offset as usize, entry.0.len(), "pieces arrive in order");
+                entry.0.extend_from_slice(&blob.data);
+                entry.1 = blob.missing;
+            }
+        }
+        assert_eq!(blobs[&root.entries[0].hash].0, b"<?php\n");
+        assert_eq!(blobs[&root.entries[1].hash].0, vec![7u8; 3 << 20]);
+        assert!(blobs[&unknown].1, "unknown content is reported missing");
+    });
+}
+
+#[test]
+fn sigterm_during_a_streaming_call_shuts_down_cleanly_within_the_grace_period() {
+    let tree = sample();
+    let mut daemon = Daemon::start("deploy1002", tree.path(), free_port(), &[]);
+    // A client whose connection keeps being driven (as a peer daemon's is) while
+    // this thread waits for the daemon to exit.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let mut stream = rt.block_on(async {
+        let mut peer = pb::peer_client::PeerClient::new(channel(&daemon).await);
+        let mut stream = peer.watch_root(pb::WatchRootRequest { tree: String::new() }).await.unwrap().into_inner();
+        let first = stream.next().await.unwrap().unwrap();
+        assert_eq!(first.tree, "staging");
+        stream
+    });
+    // The daemon is started with a 3 s grace period; allow scheduling slack on top.
+    let status = daemon.terminate(Duration::from_secs(8));
+    assert!(status.success(), "clean exit after SIGTERM: {status}\n{}", daemon.log());
+    let end = rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), stream.next()).await });
+    match end {
+        Ok(None) | Ok(Some(Err(_))) => {}
+        other => panic!("the watch stream should have ended, got {other:?}"),
+    }
+    let log = daemon.log();
+    assert!(log.contains("SIGTERM: shutting down") && log.contains("stopped"), "{log}");
+    assert!(!log.contains("did not finish within the grace period"), "streams end on shutdown:\n{log}");
+    assert!(!daemon.socket.exists(), "the admin socket is removed on a clean exit");
+}
