@@ -285,26 +285,50 @@ impl Dir {
 
 /// Hashes the children of one directory (see the crate docs for the encoding).
 pub fn hash_dir_entries(children: &[Entry]) -> Hash {
+    hash_listing(children.iter().map(|entry| {
+        let input = match &entry.node {
+            Node::File(f) => HashInput::File(f),
+            Node::Dir(d) => HashInput::Dir { mode: d.meta.mode, hash: d.hash },
+            Node::Symlink(s) => HashInput::Symlink(&s.target),
+        };
+        (&entry.name[..], input)
+    }))
+}
+
+/// What of one child goes into its directory's hash.
+#[derive(Debug, Clone, Copy)]
+pub enum HashInput<'a> {
+    File(&'a FileMeta),
+    Dir { mode: u32, hash: Hash },
+    Symlink(&'a [u8]),
+}
+
+/// A directory's hash from its children's names and hash inputs, given in
+/// ascending name order: lets a listing from a peer be checked against the hash
+/// it was asked for before any of its subdirectories is fetched.
+pub fn hash_listing<'a>(children: impl IntoIterator<Item = (&'a [u8], HashInput<'a>)>) -> Hash {
     let mut hasher = blake3::Hasher::new_derive_key(DIR_HASH_CONTEXT);
-    for entry in children {
-        hasher.update(&(entry.name.len() as u32).to_le_bytes());
-        hasher.update(&entry.name);
-        hasher.update(&[entry.node.kind().code()]);
-        match &entry.node {
-            Node::File(f) => {
+    for (name, input) in children {
+        hasher.update(&(name.len() as u32).to_le_bytes());
+        hasher.update(name);
+        match input {
+            HashInput::File(f) => {
+                hasher.update(&[Kind::File.code()]);
                 hasher.update(&f.mode.to_le_bytes());
                 hasher.update(&f.size.to_le_bytes());
                 hasher.update(&f.mtime.secs.to_le_bytes());
                 hasher.update(&f.mtime.nanos.to_le_bytes());
                 hasher.update(f.hash.as_bytes());
             }
-            Node::Dir(d) => {
-                hasher.update(&d.meta.mode.to_le_bytes());
-                hasher.update(d.hash.as_bytes());
+            HashInput::Dir { mode, hash } => {
+                hasher.update(&[Kind::Dir.code()]);
+                hasher.update(&mode.to_le_bytes());
+                hasher.update(hash.as_bytes());
             }
-            Node::Symlink(s) => {
-                hasher.update(&(s.target.len() as u32).to_le_bytes());
-                hasher.update(&s.target);
+            HashInput::Symlink(target) => {
+                hasher.update(&[Kind::Symlink.code()]);
+                hasher.update(&(target.len() as u32).to_le_bytes());
+                hasher.update(target);
             }
         }
     }

@@ -9,8 +9,13 @@ use futures::Stream;
 use proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
+use manifest::PlanId;
+use sync::RollbackTo;
+
 use crate::node::{Node, PeerView, check_pool_change};
+use crate::operations::{self, Operation};
 use crate::pool::{PoolRecord, PoolState};
+use crate::tree::TreeState;
 use crate::unix_now;
 
 #[derive(Debug, Clone)]
@@ -21,6 +26,77 @@ pub struct AdminService {
 impl AdminService {
     pub fn new(node: Arc<Node>) -> Self {
         Self { node }
+    }
+
+    /// Runs an operation in a task of its own — it holds the tree's lock until
+    /// done, even if the client goes away — and streams its events.
+    fn start(
+        &self,
+        trees: Vec<Arc<TreeState>>,
+        operation: Operation,
+        who: String,
+        reason: String,
+    ) -> BoxStream<pb::SyncEvent> {
+        let who = if who.is_empty() { "unknown".to_owned() } else { who };
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(operations::run(Arc::clone(&self.node), trees, operation, who, reason, tx));
+        Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+    }
+
+    /// The trees this node and `peer` both have; all of ours when the peer
+    /// cannot be asked (each then fails on its own, with the reason).
+    async fn shared_trees(&self, peer: &str) -> Vec<Arc<TreeState>> {
+        let mut client = self.node.peers[peer].clone();
+        let theirs = client.status(pb::PeerStatusRequest { tree: String::new() }).await;
+        match theirs {
+            Ok(status) => {
+                let status = status.into_inner();
+                self.node
+                    .trees
+                    .values()
+                    .filter(|t| status.trees.iter().any(|theirs| theirs.name == t.name))
+                    .cloned()
+                    .collect()
+            }
+            Err(_) => self.node.trees.values().cloned().collect(),
+        }
+    }
+}
+
+fn record_to_proto(tree: &str, record: &sync::HistoryRecord) -> pb::SyncRecord {
+    let hash_bytes = |hex: &str| hex.parse::<manifest::Hash>().map(|h| h.as_bytes().to_vec()).unwrap_or_default();
+    let counts = &record.counts;
+    pb::SyncRecord {
+        id: record.id.to_string(),
+        tree: tree.to_owned(),
+        kind: match record.kind {
+            sync::history::RecordKind::Sync => pb::RecordKind::Sync,
+            sync::history::RecordKind::Rollback => pb::RecordKind::Rollback,
+        }
+        .into(),
+        source: record.source.clone(),
+        unix: record.unix_time,
+        who: record.who.clone(),
+        counts: Some(pb::SyncCounts {
+            creates: counts.creates,
+            updates: counts.updates,
+            deletes: counts.deletes,
+            bytes_to_write: counts.bytes,
+            ..pb::SyncCounts::default()
+        }),
+        root_before: hash_bytes(&record.root_before),
+        root_after: hash_bytes(&record.root_after),
+        plan_id: record.plan_id.clone(),
+        result: match &record.result {
+            sync::history::RecordResult::Applied => "applied".to_owned(),
+            sync::history::RecordResult::Recovered => "recovered".to_owned(),
+            sync::history::RecordResult::Failed { message } => format!("failed: {message}"),
+        },
+        reason: record.reason.clone(),
+        restorable: matches!(
+            record.result,
+            sync::history::RecordResult::Applied | sync::history::RecordResult::Recovered
+        ),
     }
 }
 
@@ -87,22 +163,86 @@ impl pb::admin_server::Admin for AdminService {
 
     type SyncStream = BoxStream<pb::SyncEvent>;
 
-    async fn sync(&self, _request: Request<pb::SyncRequest>) -> Result<Response<Self::SyncStream>, Status> {
-        Err(Status::unimplemented("sync is not built yet (issue [M3])"))
+    async fn sync(&self, request: Request<pb::SyncRequest>) -> Result<Response<Self::SyncStream>, Status> {
+        let request = request.into_inner();
+        if !self.node.peers.contains_key(&request.from) {
+            let known = self.node.config.peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ");
+            return Err(Status::not_found(format!(
+                "no peer named {:?} is configured (peers: {})\nhint: peers come from --peer NAME=URL or [peer] in the config",
+                request.from,
+                if known.is_empty() { "none" } else { &known }
+            )));
+        }
+        let confirm = match request.confirm_plan_id.as_str() {
+            "" => None,
+            id => Some(id.parse::<PlanId>().map_err(|e| Status::invalid_argument(e.to_string()))?),
+        };
+        let trees = if request.tree.is_empty() {
+            self.shared_trees(&request.from).await
+        } else {
+            vec![Arc::clone(self.node.tree(&request.tree)?)]
+        };
+        let operation = Operation::Sync {
+            peer: request.from,
+            dry_run: request.dry_run,
+            confirm,
+            allow_behind: request.allow_behind,
+        };
+        Ok(Response::new(self.start(trees, operation, request.who, request.reason)))
     }
 
-    async fn history(&self, _request: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
-        Err(Status::unimplemented("history is not built yet (issue [M3])"))
+    async fn history(&self, request: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
+        let request = request.into_inner();
+        let tree = Arc::clone(self.node.tree(&request.tree)?);
+        let history = sync::History::open(&tree.state_dir);
+        let records = tokio::task::spawn_blocking(move || history.records())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(format!("cannot read history: {e}")))?;
+        let limit = if request.limit == 0 { 50 } else { request.limit as usize };
+        let records = records.iter().rev().take(limit).map(|r| record_to_proto(&tree.name, r)).collect();
+        Ok(Response::new(pb::HistoryResponse { records }))
     }
 
     type RollbackStream = BoxStream<pb::SyncEvent>;
 
-    async fn rollback(&self, _request: Request<pb::RollbackRequest>) -> Result<Response<Self::RollbackStream>, Status> {
-        Err(Status::unimplemented("rollback is not built yet (issue [M3])"))
+    async fn rollback(&self, request: Request<pb::RollbackRequest>) -> Result<Response<Self::RollbackStream>, Status> {
+        let request = request.into_inner();
+        let tree = Arc::clone(self.node.tree(&request.tree)?);
+        let to = match request.to_sync_id.as_str() {
+            "" => RollbackTo::Last,
+            id => {
+                RollbackTo::Sync(sync::SyncId::new(id.to_owned()).map_err(|e| Status::invalid_argument(e.to_string()))?)
+            }
+        };
+        Ok(Response::new(self.start(vec![tree], Operation::Rollback { to }, request.who, request.reason)))
     }
 
-    async fn verify(&self, _request: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
-        Err(Status::unimplemented("verify is not built yet (issue [M3])"))
+    async fn verify(&self, request: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
+        let request = request.into_inner();
+        let trees: Vec<_> = if request.tree.is_empty() {
+            self.node.trees.values().cloned().collect()
+        } else {
+            vec![Arc::clone(self.node.tree(&request.tree)?)]
+        };
+        let mut results = Vec::new();
+        for tree in trees {
+            let verified = sync::engine::verify_tree(tree.root.clone(), tree.excludes.clone(), tree.view().manifest)
+                .await
+                .map_err(|e| Status::internal(format!("verify {}: {e}", tree.name)))?;
+            tracing::info!(tree = %tree.name, files = verified.files_checked, mismatches = verified.mismatches.len(), "verify");
+            results.push(pb::VerifyResult {
+                tree: tree.name.clone(),
+                files_checked: verified.files_checked,
+                bytes_checked: verified.bytes_checked,
+                mismatches: verified
+                    .mismatches
+                    .into_iter()
+                    .map(|m| pb::Mismatch { path: m.path.as_bytes().to_vec(), expected: m.expected, actual: m.actual })
+                    .collect(),
+            });
+        }
+        Ok(Response::new(pb::VerifyResponse { results }))
     }
 
     async fn set_replication(

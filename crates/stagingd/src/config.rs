@@ -130,6 +130,7 @@ pub struct Config {
     pub listen: SocketAddr,
     pub admin_socket: PathBuf,
     pub peers: Vec<PeerConfig>,
+    #[expect(dead_code, reason = "validated now; automatic replication ([M4]) follows this peer")]
     pub replicate_from: Option<String>,
     pub delete_limits: DeleteLimits,
     pub log_level: String,
@@ -278,10 +279,6 @@ impl Config {
             shutdown_grace: Duration::from_secs(flags.shutdown_grace_secs.or(file.shutdown_grace_secs).unwrap_or(10)),
             peer_timeout: Duration::from_secs(flags.peer_timeout_secs.or(file.peer_timeout_secs).unwrap_or(5)),
         })
-    }
-
-    pub fn peer(&self, name: &str) -> Option<&PeerConfig> {
-        self.peers.iter().find(|p| p.name == name)
     }
 }
 

@@ -8,6 +8,8 @@
 mod admin_service;
 mod config;
 mod node;
+mod operations;
+mod peer_client;
 mod peer_service;
 mod pool;
 mod server;

@@ -48,6 +48,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for tree in node.trees.values() {
         let tree = Arc::clone(tree);
         tasks.spawn(async move {
+            // A sync interrupted by a crash is completed (or its staging removed)
+            // before the tree is scanned and served again.
+            if let Err(e) = recover(&tree).await {
+                tracing::error!(
+                    tree = %tree.name,
+                    "RECOVERY FAILED: {e:#}. The tree stays `scanning` and serves no peer until this is fixed"
+                );
+                return;
+            }
             if let Err(e) = tree.rescan().await {
                 tracing::error!(tree = %tree.name, "scan failed: {e:#}");
             }
@@ -156,4 +165,37 @@ fn peer_port_descriptors() -> anyhow::Result<Vec<u8>> {
         file.service.retain(|service| service.name() != "Admin");
     }
     Ok(set.encode_to_vec())
+}
+
+/// Completes or undoes whatever a crash left of a sync in `tree`.
+async fn recover(tree: &Arc<crate::tree::TreeState>) -> anyhow::Result<()> {
+    let (root, state_dir, name) = (tree.root.clone(), tree.state_dir.clone(), tree.name.clone());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        match sync::recover(&root, &state_dir)? {
+            sync::Recovery::Clean => {}
+            sync::Recovery::StagingDiscarded { dirs } => {
+                tracing::warn!(tree = %name, dirs, "removed the staging of a sync that stopped before its switch; the tree is unchanged");
+            }
+            sync::Recovery::RolledForward { sync_id, plan_id, from_root, to_root, trashed } => {
+                tracing::warn!(tree = %name, %sync_id, %plan_id, "completed a sync that a crash interrupted mid-switch");
+                let record = sync::HistoryRecord {
+                    id: sync_id,
+                    kind: sync::history::RecordKind::Sync,
+                    source: "recovered after a crash".to_owned(),
+                    unix_time: crate::unix_now(),
+                    who: "stagingd".to_owned(),
+                    reason: "journal found at start".to_owned(),
+                    plan_id: plan_id.to_string(),
+                    counts: sync::history::Counts::default(),
+                    root_before: from_root.to_hex(),
+                    root_after: to_root.to_hex(),
+                    result: sync::history::RecordResult::Recovered,
+                    trashed: trashed.iter().map(manifest::Hash::to_hex).collect(),
+                };
+                sync::History::open(&state_dir).append(&record)?;
+            }
+        }
+        Ok(())
+    })
+    .await?
 }

@@ -68,6 +68,10 @@ pub struct TreeState {
     pub state_dir: PathBuf,
     view: RwLock<TreeView>,
     root_tx: watch::Sender<RootInfo>,
+    /// One sync or rollback at a time; a second is refused (`busy`), never queued.
+    pub lock: sync::TreeLock,
+    /// The last sync or rollback and how it ended, for status.
+    last_sync: std::sync::Mutex<Option<pb::LastSync>>,
 }
 
 impl TreeState {
@@ -91,6 +95,8 @@ impl TreeState {
                 last_scan_millis: 0,
             }),
             root_tx: watch::channel(info).0,
+            lock: sync::TreeLock::new(),
+            last_sync: std::sync::Mutex::new(None),
         })
     }
 
@@ -190,6 +196,10 @@ impl TreeState {
         self.root_tx.send_replace(info);
     }
 
+    pub fn set_last_sync(&self, last: pb::LastSync) {
+        *self.last_sync.lock().unwrap_or_else(|p| p.into_inner()) = Some(last);
+    }
+
     /// This tree's entry in a status answer.
     pub fn status(&self) -> pb::TreeStatus {
         let view = self.view();
@@ -209,7 +219,7 @@ impl TreeState {
             fs_total_inodes: space.total_inodes,
             manifest_updated_unix: view.manifest_updated_unix,
             root_changed_unix: view.root_changed_unix,
-            last_sync: None,
+            last_sync: self.last_sync.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             unreadable_files: view.unreadable,
             watch_state: pb::WatchState::Disabled.into(),
             watch_detail: "no watcher yet: the manifest is rebuilt at start".to_owned(),

@@ -8,6 +8,7 @@
 
 use manifest::{Dir, DirMeta, Entry, FileMeta, Hash, Node, Owner, RelPath, StatKey, SymlinkMeta, Timestamp};
 use proto::v1 as pb;
+use sync::remote::{ListedEntry, Listing, Piece};
 
 /// A manifest directory as a `ReadDir` answer.
 pub fn dir_to_proto(dir: &Dir, root: Hash) -> pb::ReadDirResponse {
@@ -64,38 +65,27 @@ fn entry_to_proto(entry: &Entry) -> pb::DirEntry {
 pub enum WireError {
     #[error("peer sent a bad name: {0}")]
     BadName(String),
-    #[error("peer sent entries out of order or twice in one directory (at {0})")]
-    Unsorted(String),
     #[error("peer sent a {field} of {len} bytes (expected 32) for {name}")]
     BadHash { field: &'static str, len: usize, name: String },
     #[error("peer sent an entry of unknown kind {kind} for {name}")]
     BadKind { kind: i32, name: String },
     #[error("peer sent a bad {field} for {name}")]
     BadField { field: &'static str, name: String },
-    #[error("peer's directory listing does not match its hash: claimed {claimed}, entries hash to {actual}")]
-    HashMismatch { claimed: Hash, actual: Hash },
 }
 
-/// Decodes one `ReadDir` answer into a directory whose subdirectories are empty
-/// placeholders (`children` name the subdirectories' claimed hashes, returned
-/// alongside). The caller fills the placeholders by walking further and checks
-/// each against its claimed hash.
-pub fn dir_from_proto(response: &pb::ReadDirResponse) -> Result<DecodedDir, WireError> {
-    let claimed = hash32(&response.hash, "directory hash", ".")?;
-    let mut entries: Vec<(Box<[u8]>, DecodedEntry)> = Vec::with_capacity(response.entries.len());
-    let mut previous: Option<&[u8]> = None;
+/// Decodes one `ReadDir` answer into a listing. Field sizes, kinds, modes and
+/// names are checked here; order and the Merkle hash are checked by the planner
+/// (`sync::remote`), which trusts nothing a peer says either.
+pub fn listing_from_proto(response: &pb::ReadDirResponse) -> Result<Listing, WireError> {
+    let mut entries = Vec::with_capacity(response.entries.len());
     for entry in &response.entries {
         RelPath::check_name(&entry.name).map_err(|e| WireError::BadName(e.to_string()))?;
         let shown = manifest::path::escape(&entry.name);
-        if previous.is_some_and(|p| p >= entry.name.as_slice()) {
-            return Err(WireError::Unsorted(shown));
-        }
-        previous = Some(&entry.name);
         let owner = Owner { uid: entry.uid, gid: entry.gid };
         let mtime = timestamp(entry.mtime_secs, entry.mtime_nanos, &shown)?;
         let mode = mode(entry.mode, &shown)?;
-        let decoded = match pb::EntryKind::try_from(entry.kind) {
-            Ok(pb::EntryKind::File) => DecodedEntry::File(FileMeta {
+        let listed = match pb::EntryKind::try_from(entry.kind) {
+            Ok(pb::EntryKind::File) => ListedEntry::File(FileMeta {
                 size: entry.size,
                 mode,
                 mtime,
@@ -103,7 +93,7 @@ pub fn dir_from_proto(response: &pb::ReadDirResponse) -> Result<DecodedDir, Wire
                 owner,
                 stat: StatKey::default(),
             }),
-            Ok(pb::EntryKind::Dir) => DecodedEntry::Dir {
+            Ok(pb::EntryKind::Dir) => ListedEntry::Dir {
                 meta: DirMeta { mode, mtime, owner },
                 hash: hash32(&entry.hash, "directory hash", &shown)?,
             },
@@ -111,65 +101,30 @@ pub fn dir_from_proto(response: &pb::ReadDirResponse) -> Result<DecodedDir, Wire
                 if entry.symlink_target.is_empty() || entry.symlink_target.contains(&0) {
                     return Err(WireError::BadField { field: "symlink target", name: shown });
                 }
-                DecodedEntry::Symlink(SymlinkMeta { target: entry.symlink_target.clone().into(), mtime, owner })
+                ListedEntry::Symlink(SymlinkMeta { target: entry.symlink_target.clone().into(), mtime, owner })
             }
             _ => return Err(WireError::BadKind { kind: entry.kind, name: shown }),
         };
-        entries.push((entry.name.clone().into(), decoded));
+        entries.push((entry.name.clone().into_boxed_slice(), listed));
     }
     let meta = DirMeta {
         mode: mode(response.mode, ".")?,
         mtime: timestamp(response.mtime_secs, response.mtime_nanos, ".")?,
         owner: Owner { uid: response.uid, gid: response.gid },
     };
-    Ok(DecodedDir { claimed, meta, entries })
+    Ok(Listing { meta, entries })
 }
 
-/// A decoded listing, not yet checked against its hash (see [`DecodedDir::build`]).
-#[derive(Debug)]
-pub struct DecodedDir {
-    pub claimed: Hash,
-    pub meta: DirMeta,
-    pub entries: Vec<(Box<[u8]>, DecodedEntry)>,
-}
-
-#[derive(Debug)]
-pub enum DecodedEntry {
-    File(FileMeta),
-    Symlink(SymlinkMeta),
-    Dir { meta: DirMeta, hash: Hash },
-}
-
-impl DecodedDir {
-    /// Builds the directory once every subdirectory is known (`subdir` returns
-    /// the full `Dir` for a child name and its claimed hash), and checks that the
-    /// result hashes to what the peer claimed.
-    pub fn build<E: From<WireError>>(
-        self,
-        mut subdir: impl FnMut(&[u8], &DirMeta, Hash) -> Result<Dir, E>,
-    ) -> Result<Dir, E> {
-        let mut children = Vec::with_capacity(self.entries.len());
-        for (name, entry) in self.entries {
-            let node = match entry {
-                DecodedEntry::File(f) => Node::File(f),
-                DecodedEntry::Symlink(s) => Node::Symlink(s),
-                DecodedEntry::Dir { meta, hash } => {
-                    let mut dir = subdir(&name, &meta, hash)?;
-                    if dir.hash() != hash {
-                        return Err(WireError::HashMismatch { claimed: hash, actual: dir.hash() }.into());
-                    }
-                    dir.meta = meta;
-                    Node::Dir(dir)
-                }
-            };
-            children.push(Entry { name, node });
-        }
-        let dir = Dir::new(self.meta, children);
-        if dir.hash() != self.claimed {
-            return Err(WireError::HashMismatch { claimed: self.claimed, actual: dir.hash() }.into());
-        }
-        Ok(dir)
-    }
+/// Decodes one content piece.
+pub fn piece_from_proto(blob: pb::Blob) -> Result<Piece, WireError> {
+    Ok(Piece {
+        hash: hash32(&blob.hash, "content hash", "a blob")?,
+        offset: blob.offset,
+        data: blob.data,
+        eof: blob.eof,
+        total_size: blob.total_size,
+        missing: blob.missing,
+    })
 }
 
 fn hash32(bytes: &[u8], field: &'static str, name: &str) -> Result<Hash, WireError> {
@@ -218,47 +173,40 @@ mod tests {
         m
     }
 
-    fn decode_all(m: &manifest::Manifest, path: &RelPath) -> Result<Dir, WireError> {
-        let response = dir_to_proto(m.dir(path).unwrap(), m.root_hash());
-        dir_from_proto(&response)?.build(|name, _, _| decode_all(m, &path.join(name).unwrap()))
-    }
-
     #[test]
-    fn a_manifest_survives_the_wire() {
+    fn a_listing_survives_the_wire() {
         let m = sample();
-        let dir = decode_all(&m, &RelPath::root()).unwrap();
-        assert_eq!(dir.hash(), m.root_hash());
+        let listing = listing_from_proto(&dir_to_proto(m.root(), m.root_hash())).unwrap();
+        let names: Vec<&[u8]> = listing.entries.iter().map(|(n, _)| &n[..]).collect();
+        assert_eq!(names, [&b"a"[..], b"d", b"l"]);
+        assert!(
+            matches!(&listing.entries[1].1, ListedEntry::Dir { hash, .. } if Some(*hash) == m.dir(&RelPath::new("d").unwrap()).map(Dir::hash))
+        );
     }
 
     #[test]
-    fn lies_are_caught() {
+    fn malformed_fields_are_caught() {
         let m = sample();
         let honest = dir_to_proto(m.root(), m.root_hash());
 
         let mut bad_name = honest.clone();
         bad_name.entries[0].name = b"../etc".to_vec();
-        assert!(matches!(dir_from_proto(&bad_name), Err(WireError::BadName(_))));
+        assert!(matches!(listing_from_proto(&bad_name), Err(WireError::BadName(_))));
 
-        let mut unsorted = honest.clone();
-        unsorted.entries.swap(0, 1);
-        assert!(matches!(dir_from_proto(&unsorted), Err(WireError::Unsorted(_))));
+        let mut slash = honest.clone();
+        slash.entries[0].name = b"a/b".to_vec();
+        assert!(matches!(listing_from_proto(&slash), Err(WireError::BadName(_))));
 
         let mut short_hash = honest.clone();
         short_hash.entries[0].hash.truncate(31);
-        assert!(matches!(dir_from_proto(&short_hash), Err(WireError::BadHash { .. })));
+        assert!(matches!(listing_from_proto(&short_hash), Err(WireError::BadHash { .. })));
 
-        let mut changed = honest.clone();
-        changed.entries[0].size += 1;
-        let result = dir_from_proto(&changed).unwrap().build(|_, _, h| -> Result<Dir, WireError> {
-            let mut d = m.dir(&RelPath::new("d").unwrap()).unwrap().clone();
-            assert_eq!(d.hash(), h);
-            d.meta = DirMeta::default();
-            Ok(d)
-        });
-        assert!(matches!(result, Err(WireError::HashMismatch { .. })));
+        let mut bad_kind = honest.clone();
+        bad_kind.entries[0].kind = 42;
+        assert!(matches!(listing_from_proto(&bad_kind), Err(WireError::BadKind { .. })));
 
         let mut bad_mode = honest;
         bad_mode.entries[0].mode = 0o100644;
-        assert!(matches!(dir_from_proto(&bad_mode), Err(WireError::BadField { field: "mode", .. })));
+        assert!(matches!(listing_from_proto(&bad_mode), Err(WireError::BadField { field: "mode", .. })));
     }
 }

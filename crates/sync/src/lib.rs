@@ -1,7 +1,8 @@
 //! The sync engine: everything between "this plan is allowed" and "the tree is the
 //! target, and the old one can be restored".
 //!
-//! Blocking, synchronous code: the daemon runs it on `spawn_blocking`.
+//! The file work is blocking, synchronous code; [`engine`] runs it on tokio's
+//! blocking pool and talks to the peer asynchronously.
 //!
 //! - [`tree_fs`]: [`TreeRoot`], reaching paths under a root without following symlinks.
 //! - [`stage`]: [`Staging`], content written and verified under temporary names.
@@ -12,13 +13,18 @@
 //! - [`capacity`]: free bytes and inodes ([`CapacityProbe`]).
 //! - [`lock`]: one sync or rollback per tree at a time ([`TreeLock`]).
 //!
-//! Policy (whether a sync may run at all) lives in `guards`, written separately.
+//! - [`guards`]: every rule that decides whether a sync may proceed.
+//! - [`remote`]: the [`PeerSource`](remote::PeerSource) trait and the Merkle walk that plans against a peer.
+//! - [`engine`]: one tree's sync, rollback and verify, end to end.
 
 pub mod apply;
 pub mod capacity;
+pub mod engine;
+pub mod guards;
 pub mod history;
 pub mod journal;
 pub mod lock;
+pub mod remote;
 pub mod stage;
 pub mod trash;
 pub mod tree_fs;

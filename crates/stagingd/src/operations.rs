@@ -1,0 +1,259 @@
+//! Syncs, rollbacks and verifies as the daemon runs them: the tree's lock,
+//! readiness and manifest around the engine (`sync::engine`), events turned
+//! into wire messages, one structured log line per outcome.
+
+use std::sync::Arc;
+
+use manifest::PlanId;
+use proto::v1 as pb;
+use sync::engine::{self, Event, Outcome, Report, SyncRequest, TreeSetup};
+use sync::guards::{self, DeleteLimits};
+use sync::{RollbackTo, StatvfsProbe};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::node::Node;
+use crate::peer_client::GrpcPeer;
+use crate::pool::PoolState;
+use crate::tree::{Readiness, TreeState};
+use crate::unix_now;
+
+/// What to do to one tree.
+#[derive(Debug, Clone)]
+pub enum Operation {
+    Sync { peer: String, dry_run: bool, confirm: Option<PlanId>, allow_behind: bool },
+    Rollback { to: RollbackTo },
+}
+
+impl Operation {
+    fn name(&self) -> &'static str {
+        match self {
+            Operation::Sync { dry_run: true, .. } => "diff",
+            Operation::Sync { .. } => "sync",
+            Operation::Rollback { .. } => "rollback",
+        }
+    }
+}
+
+/// Runs `operation` on each tree in turn, sending events and one `TreeResult`
+/// per tree on `out`. A refusal or failure of one tree stops none of the others.
+pub async fn run(
+    node: Arc<Node>,
+    trees: Vec<Arc<TreeState>>,
+    operation: Operation,
+    who: String,
+    reason: String,
+    out: UnboundedSender<Result<pb::SyncEvent, tonic::Status>>,
+) {
+    for tree in trees {
+        let result = run_tree(&node, &tree, &operation, &who, &reason, &out).await;
+        let _ = out.send(Ok(pb::SyncEvent { event: Some(pb::sync_event::Event::TreeResult(result)) }));
+    }
+}
+
+async fn run_tree(
+    node: &Arc<Node>,
+    tree: &Arc<TreeState>,
+    operation: &Operation,
+    who: &str,
+    reason: &str,
+    out: &UnboundedSender<Result<pb::SyncEvent, tonic::Status>>,
+) -> pb::TreeResult {
+    let started = std::time::Instant::now();
+    let guard = match tree.lock.try_acquire(who, operation.name(), reason) {
+        Ok(guard) => guard,
+        Err(busy) => {
+            let refusal = guards::busy(&tree.name, &busy);
+            let result = refused_result(tree, &refusal);
+            log_outcome(node, tree, operation, who, &result, started);
+            return result;
+        }
+    };
+    // Rescan first: the plan must start from the tree as it is now, not as it
+    // was at the last scan. The stat cache makes this a stat walk.
+    if let Err(e) = tree.rescan().await {
+        let result = failed_result(tree, format!("cannot rescan the tree before syncing: {e:#}"));
+        log_outcome(node, tree, operation, who, &result, started);
+        return result;
+    }
+    let local = tree.view().manifest;
+    let setup = TreeSetup {
+        name: tree.name.clone(),
+        root: tree.root.clone(),
+        state_dir: tree.state_dir.clone(),
+        excludes: tree.excludes.clone(),
+        limits: DeleteLimits {
+            max_files: node.config.delete_limits.max_files,
+            max_ratio: node.config.delete_limits.max_ratio,
+        },
+        preserve_owner: rustix::process::geteuid().is_root(),
+        local_depooled: node.pool().state == PoolState::Depooled,
+        keep_syncs: engine::KEEP_SYNCS,
+    };
+    let tree_name = tree.name.clone();
+    let sender = out.clone();
+    let events = move |event: Event| {
+        let message = match event {
+            Event::Progress { phase, files_done, files_total, bytes_done, bytes_total } => {
+                pb::sync_event::Event::Progress(pb::Progress {
+                    tree: tree_name.clone(),
+                    phase: phase.to_owned(),
+                    files_done,
+                    files_total,
+                    bytes_done,
+                    bytes_total,
+                })
+            }
+            Event::PlanItem { op, path, size, kind } => pb::sync_event::Event::PlanItem(pb::PlanItem {
+                tree: tree_name.clone(),
+                op: op.to_owned(),
+                path: path.as_bytes().to_vec(),
+                size,
+                kind: match kind {
+                    manifest::Kind::File => pb::EntryKind::File,
+                    manifest::Kind::Dir => pb::EntryKind::Dir,
+                    manifest::Kind::Symlink => pb::EntryKind::Symlink,
+                }
+                .into(),
+            }),
+        };
+        let _ = sender.send(Ok(pb::SyncEvent { event: Some(message) }));
+    };
+    let applying = !matches!(operation, Operation::Sync { dry_run: true, .. });
+    if applying {
+        tree.set_readiness(Readiness::Applying);
+    }
+    let report = match operation {
+        Operation::Sync { peer, dry_run, confirm, allow_behind } => {
+            let Some(client) = node.peers.get(peer) else {
+                unreachable!("the admin service checks the peer name before starting");
+            };
+            let remote = GrpcPeer { client: client.clone(), tree: tree.name.clone() };
+            let request = SyncRequest {
+                peer: peer.clone(),
+                dry_run: *dry_run,
+                confirm: *confirm,
+                allow_behind: *allow_behind,
+                who: who.to_owned(),
+                reason: reason.to_owned(),
+            };
+            engine::sync_tree(&remote, &setup, Arc::clone(&local), &StatvfsProbe, &request, &events).await
+        }
+        Operation::Rollback { to } => {
+            engine::rollback_tree(&setup, Arc::clone(&local), &StatvfsProbe, to.clone(), who, reason, &events).await
+        }
+    };
+    let source = match operation {
+        Operation::Sync { peer, .. } => peer.clone(),
+        Operation::Rollback { .. } => "rollback".to_owned(),
+    };
+    let result = finish(tree, report, local, source);
+    drop(guard);
+    log_outcome(node, tree, operation, who, &result, started);
+    result
+}
+
+/// Installs the new manifest (or restores readiness) and builds the result.
+fn finish(tree: &TreeState, mut report: Report, local: Arc<manifest::Manifest>, source: String) -> pb::TreeResult {
+    let readiness_now = if tree.view().unreadable > 0 { Readiness::Incomplete } else { Readiness::Ready };
+    match report.manifest.take() {
+        Some(manifest) => tree.install(Arc::new(manifest), readiness_now, |_| {}),
+        None => tree.install(local, readiness_now, |_| {}),
+    }
+    let (outcome, guard, message, hint) = match &report.outcome {
+        Outcome::Applied => (pb::SyncOutcome::Applied, "", String::new(), String::new()),
+        Outcome::NothingToDo => (pb::SyncOutcome::NothingToDo, "", "already in sync".to_owned(), String::new()),
+        Outcome::DryRun => (pb::SyncOutcome::DryRun, "", String::new(), String::new()),
+        Outcome::Refused(r) => (pb::SyncOutcome::Refused, r.guard, r.message.clone(), r.hint.clone()),
+        Outcome::Failed(e) => (pb::SyncOutcome::Failed, "", e.clone(), String::new()),
+    };
+    let result = pb::TreeResult {
+        tree: tree.name.clone(),
+        outcome: outcome.into(),
+        plan_id: report.plan_id.map(|id| id.to_string()).unwrap_or_default(),
+        guard: guard.to_owned(),
+        message,
+        hint,
+        counts: Some(pb::SyncCounts {
+            creates: report.counts.creates,
+            updates: report.counts.updates,
+            deletes: report.counts.deletes,
+            bytes_to_write: report.counts.bytes,
+            bytes_fetched: report.bytes_fetched,
+            bytes_copied_locally: report.bytes_copied_locally,
+        }),
+        sync_id: report.sync_id.as_ref().map(ToString::to_string).unwrap_or_default(),
+        root_before: report.root_before.as_bytes().to_vec(),
+        root_after: report.root_after.map(|h| h.as_bytes().to_vec()).unwrap_or_default(),
+    };
+    if outcome != pb::SyncOutcome::DryRun {
+        tree.set_last_sync(pb::LastSync {
+            id: result.sync_id.clone(),
+            source_peer: source,
+            unix: unix_now(),
+            result: outcome.as_str_name().trim_start_matches("SYNC_OUTCOME_").to_lowercase(),
+            plan_id: result.plan_id.clone(),
+            guard: result.guard.clone(),
+        });
+    }
+    result
+}
+
+fn refused_result(tree: &TreeState, refusal: &guards::Refusal) -> pb::TreeResult {
+    pb::TreeResult {
+        tree: tree.name.clone(),
+        outcome: pb::SyncOutcome::Refused.into(),
+        guard: refusal.guard.to_owned(),
+        message: refusal.message.clone(),
+        hint: refusal.hint.clone(),
+        root_before: tree.view().manifest.root_hash().as_bytes().to_vec(),
+        ..pb::TreeResult::default()
+    }
+}
+
+fn failed_result(tree: &TreeState, message: String) -> pb::TreeResult {
+    pb::TreeResult {
+        tree: tree.name.clone(),
+        outcome: pb::SyncOutcome::Failed.into(),
+        message,
+        root_before: tree.view().manifest.root_hash().as_bytes().to_vec(),
+        ..pb::TreeResult::default()
+    }
+}
+
+/// One structured line per sync, rollback or refusal, with what an operator
+/// greps for.
+fn log_outcome(
+    node: &Node,
+    tree: &TreeState,
+    operation: &Operation,
+    who: &str,
+    result: &pb::TreeResult,
+    started: std::time::Instant,
+) {
+    let counts = result.counts.unwrap_or_default();
+    let peer = match operation {
+        Operation::Sync { peer, .. } => peer.as_str(),
+        Operation::Rollback { .. } => "",
+    };
+    let outcome = result.outcome().as_str_name().trim_start_matches("SYNC_OUTCOME_").to_lowercase();
+    tracing::info!(
+        node = %node.config.name,
+        tree = %tree.name,
+        operation = operation.name(),
+        peer,
+        who,
+        outcome = %outcome,
+        guard = %result.guard,
+        plan_id = %result.plan_id,
+        sync_id = %result.sync_id,
+        creates = counts.creates,
+        updates = counts.updates,
+        deletes = counts.deletes,
+        bytes_fetched = counts.bytes_fetched,
+        bytes_copied_locally = counts.bytes_copied_locally,
+        millis = started.elapsed().as_millis() as u64,
+        message = %result.message,
+        "{} {outcome}",
+        operation.name()
+    );
+}

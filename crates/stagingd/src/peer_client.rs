@@ -1,0 +1,102 @@
+//! The engine's view of a peer ([`sync::remote::PeerSource`]) over gRPC.
+//!
+//! Every answer is decoded through [`crate::wire`], so malformed fields become
+//! errors here, and the engine checks names, order and hashes again.
+
+use futures::StreamExt;
+use manifest::Hash;
+use proto::v1 as pb;
+use proto::v1::peer_client::PeerClient;
+use sync::guards::{SourcePool, SourceReadiness};
+use sync::remote::{Listing, PeerSource, PieceStream, RemoteError, RemoteStatus, RemoteTree};
+use tonic::transport::Channel;
+
+use crate::node::describe_status;
+use crate::wire;
+
+/// One tree of one peer.
+#[derive(Debug, Clone)]
+pub struct GrpcPeer {
+    pub client: PeerClient<Channel>,
+    pub tree: String,
+}
+
+fn unavailable(status: &tonic::Status) -> RemoteError {
+    RemoteError::Unavailable(describe_status(status))
+}
+
+pub fn source_pool(value: i32) -> SourcePool {
+    match pb::PoolState::try_from(value) {
+        Ok(pb::PoolState::Serve) => SourcePool::Serve,
+        Ok(pb::PoolState::ReceiveOnly) => SourcePool::ReceiveOnly,
+        Ok(pb::PoolState::Depooled) => SourcePool::Depooled,
+        _ => SourcePool::Unknown,
+    }
+}
+
+pub fn source_readiness(value: i32) -> SourceReadiness {
+    match pb::Readiness::try_from(value) {
+        Ok(pb::Readiness::Ready) => SourceReadiness::Ready,
+        Ok(pb::Readiness::Scanning) => SourceReadiness::Scanning,
+        Ok(pb::Readiness::Applying) => SourceReadiness::Applying,
+        Ok(pb::Readiness::Incomplete) => SourceReadiness::Incomplete,
+        _ => SourceReadiness::Unknown,
+    }
+}
+
+/// The peer's state of `tree` in a status answer.
+pub fn remote_status(status: &pb::PeerStatus, tree: &str) -> Result<RemoteStatus, RemoteError> {
+    let tree = match status.trees.iter().find(|t| t.name == tree) {
+        None => None,
+        Some(t) => Some(RemoteTree {
+            root: Hash::from_slice(&t.root_hash).ok_or_else(|| RemoteError::BadListing {
+                path: ".".into(),
+                why: "status root hash is not 32 bytes".into(),
+            })?,
+            readiness: source_readiness(t.readiness),
+            leaves: t.files + t.symlinks,
+        }),
+    };
+    Ok(RemoteStatus { node: status.node.clone(), pool: source_pool(status.pool_state), tree })
+}
+
+impl PeerSource for GrpcPeer {
+    async fn status(&self) -> Result<RemoteStatus, RemoteError> {
+        let mut client = self.client.clone();
+        let status = client.status(pb::PeerStatusRequest { tree: String::new() }).await.map_err(|s| unavailable(&s))?;
+        remote_status(&status.into_inner(), &self.tree)
+    }
+
+    async fn read_dir(&self, hash: Hash) -> Result<Listing, RemoteError> {
+        let mut client = self.client.clone();
+        let request = pb::ReadDirRequest {
+            tree: self.tree.clone(),
+            target: Some(pb::read_dir_request::Target::DirHash(hash.as_bytes().to_vec())),
+        };
+        match client.read_dir(request).await {
+            Ok(response) => wire::listing_from_proto(&response.into_inner())
+                .map_err(|e| RemoteError::BadListing { path: hash.short(16), why: e.to_string() }),
+            Err(status) if status.code() == tonic::Code::NotFound => Err(RemoteError::DirGone(hash)),
+            Err(status) => Err(unavailable(&status)),
+        }
+    }
+
+    async fn fetch(&self, hashes: Vec<Hash>) -> Result<PieceStream, RemoteError> {
+        let mut client = self.client.clone();
+        let request = pb::FetchContentRequest {
+            tree: self.tree.clone(),
+            hashes: hashes.iter().map(|h| h.as_bytes().to_vec()).collect(),
+        };
+        let stream = client.fetch_content(request).await.map_err(|s| unavailable(&s))?.into_inner();
+        Ok(Box::pin(stream.map(|chunk| {
+            match chunk {
+                Ok(chunk) => chunk
+                    .blobs
+                    .into_iter()
+                    .map(|blob| wire::piece_from_proto(blob).map_err(|e| RemoteError::BadContent(e.to_string())))
+                    .collect(),
+                Err(status) => Err(unavailable(&status)),
+            }
+        })))
+    }
+}

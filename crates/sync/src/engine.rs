@@ -1,0 +1,669 @@
+//! One tree's sync, rollback and verify, end to end.
+//!
+//! [`sync_tree`]: peer status → source guards → Merkle walk ([`plan_target`]) →
+//! plan → plan guards → (dry run stops here) → stage local copies → fetch the
+//! rest, verifying every byte → `syncfs` → journaled apply → history. Nothing in
+//! the tree changes before every guard has passed and all content is staged and
+//! verified; any error before the journal leaves the tree untouched.
+//!
+//! The engine does not know about gRPC or the daemon's state: the caller holds
+//! the tree's lock, supplies the current manifest, installs the new one, and
+//! turns [`Event`]s into progress messages. Blocking file work runs on tokio's
+//! blocking pool.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use manifest::{Excludes, Hash, Kind, Manifest, Op, Plan, PlanId, RelPath};
+
+use crate::apply::{ApplyOptions, apply};
+use crate::capacity::CapacityProbe;
+use crate::guards::{self, DeleteLimits, PlanFacts, Refusal, SourceFacts, Subject};
+use crate::history::{Counts, History, HistoryRecord, RecordKind, RecordResult, RollbackTo, SyncId};
+use crate::remote::{PeerSource, Piece, RemoteError, plan_target};
+use crate::stage::{StagedWriter, Staging, stage_from_local};
+use crate::trash::Trash;
+
+/// Hashes per `fetch` call.
+pub const FETCH_BATCH_HASHES: usize = 2000;
+/// Content bytes per `fetch` call (a batch closes at whichever limit comes first).
+pub const FETCH_BATCH_BYTES: u64 = 64 << 20;
+/// Fetch streams in flight at once.
+pub const FETCH_STREAMS: usize = 4;
+/// A fetch stream that sends nothing for this long is abandoned (nothing applied).
+pub const FETCH_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Syncs whose before-manifest and trash objects are kept for rollback.
+pub const KEEP_SYNCS: usize = 10;
+
+/// Everything about the local tree the engine needs.
+#[derive(Debug, Clone)]
+pub struct TreeSetup {
+    pub name: String,
+    pub root: PathBuf,
+    pub state_dir: PathBuf,
+    pub excludes: Excludes,
+    pub limits: DeleteLimits,
+    pub preserve_owner: bool,
+    pub local_depooled: bool,
+    pub keep_syncs: usize,
+}
+
+/// What the operator (or replication) asked for.
+#[derive(Debug, Clone, Default)]
+pub struct SyncRequest {
+    pub peer: String,
+    pub dry_run: bool,
+    pub confirm: Option<PlanId>,
+    pub allow_behind: bool,
+    pub who: String,
+    pub reason: String,
+}
+
+/// Progress and itemized plan lines, as they happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Progress { phase: &'static str, files_done: u64, files_total: u64, bytes_done: u64, bytes_total: u64 },
+    PlanItem { op: &'static str, path: RelPath, size: u64, kind: Kind },
+}
+
+/// How a sync or rollback ended.
+#[derive(Debug)]
+pub enum Outcome {
+    Applied,
+    NothingToDo,
+    DryRun,
+    Refused(Refusal),
+    Failed(String),
+}
+
+/// The result of one tree's sync or rollback.
+#[derive(Debug)]
+pub struct Report {
+    pub outcome: Outcome,
+    pub plan_id: Option<PlanId>,
+    pub counts: Counts,
+    pub bytes_fetched: u64,
+    pub bytes_copied_locally: u64,
+    pub sync_id: Option<SyncId>,
+    pub root_before: Hash,
+    /// After an apply: the new root; for a dry run or refusal: the plan's target.
+    pub root_after: Option<Hash>,
+    /// After an apply: the tree's new manifest, for the caller to install.
+    pub manifest: Option<Manifest>,
+}
+
+impl Report {
+    fn new(root_before: Hash) -> Self {
+        Self {
+            outcome: Outcome::NothingToDo,
+            plan_id: None,
+            counts: Counts::default(),
+            bytes_fetched: 0,
+            bytes_copied_locally: 0,
+            sync_id: None,
+            root_before,
+            root_after: None,
+            manifest: None,
+        }
+    }
+
+    fn with_plan(mut self, plan: &Plan) -> Self {
+        self.plan_id = Some(plan.id);
+        self.counts = Counts::from(&plan.totals);
+        self.root_after = Some(plan.to_root);
+        self
+    }
+
+    fn ending(mut self, outcome: Outcome) -> Self {
+        self.outcome = outcome;
+        self
+    }
+}
+
+/// Pulls `peer`'s version of the tree into `setup.root`.
+pub async fn sync_tree<P: PeerSource>(
+    peer: &P,
+    setup: &TreeSetup,
+    local: Arc<Manifest>,
+    capacity: &dyn CapacityProbe,
+    request: &SyncRequest,
+    events: &(dyn Fn(Event) + Send + Sync),
+) -> Report {
+    let report = Report::new(local.root_hash());
+    let subject = Subject { tree: &setup.name, peer: &request.peer };
+    progress(events, "status", 0, 0);
+    let status = match peer.status().await {
+        Ok(status) => status,
+        Err(e) => return report.ending(Outcome::Failed(format!("cannot get {}'s status: {e}", request.peer))),
+    };
+    let Some(remote) = status.tree else {
+        return report.ending(Outcome::Failed(format!("{} has no tree named {}", request.peer, setup.name)));
+    };
+    let facts = SourceFacts {
+        local_depooled: setup.local_depooled,
+        source_pool: status.pool,
+        source_readiness: remote.readiness,
+        source_leaves: remote.leaves,
+        local_leaves: local.totals().leaves(),
+    };
+    if let Err(refusal) = guards::check_source(&subject, &facts) {
+        return report.ending(Outcome::Refused(refusal));
+    }
+    if remote.root == local.root_hash() {
+        return report.ending(Outcome::NothingToDo);
+    }
+
+    progress(events, "planning", 0, 0);
+    let target = match plan_target(peer, &local, remote.root, &setup.excludes).await {
+        Ok(target) => target,
+        Err(e) => return report.ending(Outcome::Failed(e.to_string())),
+    };
+    let plan = manifest::diff(&local, &target);
+    drop(target);
+    if plan.is_empty() {
+        return report.ending(Outcome::NothingToDo);
+    }
+    let report = report.with_plan(&plan);
+
+    let history = History::open(&setup.state_dir);
+    let behind_since = match history.records() {
+        Ok(records) => {
+            let to = plan.to_root.to_hex();
+            records.iter().rev().find(|r| r.root_before == to).map(|r| {
+                format!("before sync {} at {}", r.id, humantime::format_rfc3339_seconds(unix_to_system(r.unix_time)))
+            })
+        }
+        Err(e) => return report.ending(Outcome::Failed(format!("cannot read history: {e}"))),
+    };
+    let space = match capacity.free(&setup.root) {
+        Ok(space) => space,
+        Err(e) => return report.ending(Outcome::Failed(format!("cannot measure free space: {e}"))),
+    };
+    let plan_facts = PlanFacts {
+        plan: &plan,
+        local_leaves: local.totals().leaves(),
+        limits: setup.limits,
+        confirmed: request.confirm,
+        allow_behind: request.allow_behind,
+        behind_since,
+        space,
+    };
+    if let Err(refusal) = guards::check_plan(&subject, &plan_facts) {
+        return report.ending(Outcome::Refused(refusal));
+    }
+    if request.dry_run {
+        itemize(&plan, events);
+        return report.ending(Outcome::DryRun);
+    }
+
+    let record = RecordDraft { kind: RecordKind::Sync, source: request.peer.clone(), request };
+    apply_plan(setup, local, plan, record, Some(peer), events, report).await
+}
+
+/// Restores the tree as it was before the last sync (or before `to`), from the
+/// trash and the tree itself: nothing is fetched.
+pub async fn rollback_tree(
+    setup: &TreeSetup,
+    local: Arc<Manifest>,
+    capacity: &dyn CapacityProbe,
+    to: RollbackTo,
+    who: &str,
+    reason: &str,
+    events: &(dyn Fn(Event) + Send + Sync),
+) -> Report {
+    let report = Report::new(local.root_hash());
+    if setup.local_depooled {
+        return report.ending(Outcome::Refused(Refusal {
+            guard: guards::names::DEPOOLED,
+            message: "this node is depooled: it neither serves nor receives".to_owned(),
+            hint: "pool it to receive first: `stagingctl pool receive-only --reason \"...\"`".to_owned(),
+        }));
+    }
+    let history = History::open(&setup.state_dir);
+    let root = setup.root.clone();
+    let target = match blocking(move || history.rollback_target(&root, &to).map_err(|e| e.to_string())).await {
+        Ok(target) => target,
+        Err(e) => return report.ending(Outcome::Failed(format!("nothing to roll back to: {e}"))),
+    };
+    let plan = manifest::diff(&local, &target.manifest);
+    if plan.is_empty() {
+        return report.ending(Outcome::NothingToDo);
+    }
+    let report = report.with_plan(&plan);
+    let space = match capacity.free(&setup.root) {
+        Ok(space) => space,
+        Err(e) => return report.ending(Outcome::Failed(format!("cannot measure free space: {e}"))),
+    };
+    // A rollback is an operator's explicit choice of an earlier tree: only
+    // capacity can stop it.
+    let facts = PlanFacts {
+        plan: &plan,
+        local_leaves: local.totals().leaves(),
+        limits: DeleteLimits { max_files: u64::MAX, max_ratio: 1.0 },
+        confirmed: None,
+        allow_behind: true,
+        behind_since: None,
+        space,
+    };
+    let subject = Subject { tree: &setup.name, peer: "rollback" };
+    if let Err(refusal) = guards::check_plan(&subject, &facts) {
+        return report.ending(Outcome::Refused(refusal));
+    }
+    let request =
+        SyncRequest { peer: String::new(), who: who.to_owned(), reason: reason.to_owned(), ..SyncRequest::default() };
+    let record = RecordDraft { kind: RecordKind::Rollback, source: target.sync_id.to_string(), request: &request };
+    apply_plan::<NoPeer>(setup, local, plan, record, None, events, report).await
+}
+
+struct RecordDraft<'a> {
+    kind: RecordKind,
+    source: String,
+    request: &'a SyncRequest,
+}
+
+/// Stages (locally, then from `peer`), applies, and records `plan`.
+async fn apply_plan<P: PeerSource>(
+    setup: &TreeSetup,
+    local: Arc<Manifest>,
+    plan: Plan,
+    record: RecordDraft<'_>,
+    peer: Option<&P>,
+    events: &(dyn Fn(Event) + Send + Sync),
+    mut report: Report,
+) -> Report {
+    let sync_id = SyncId::generate(unix_now(), plan.id);
+    report.sync_id = Some(sync_id.clone());
+    let plan = Arc::new(plan);
+    progress(events, "copying local content", 0, plan.totals.bytes_to_write);
+
+    let staged = {
+        let (setup, plan, local, sync_id) = (setup.clone(), Arc::clone(&plan), Arc::clone(&local), sync_id.clone());
+        blocking(move || -> Result<(Staging, Vec<usize>), String> {
+            let staging = Staging::create(&setup.root, &sync_id, setup.preserve_owner).map_err(|e| e.to_string())?;
+            let trash = Trash::open(&setup.root).map_err(|e| e.to_string())?;
+            let missing = stage_from_local(&staging, &plan, &local, &trash).map_err(|e| e.to_string());
+            match missing {
+                Ok(missing) => Ok((staging, missing)),
+                Err(e) => {
+                    let _ = staging.discard();
+                    Err(e)
+                }
+            }
+        })
+        .await
+    };
+    let (staging, missing) = match staged {
+        Ok(staged) => staged,
+        Err(e) => return report.ending(Outcome::Failed(format!("staging content: {e}"))),
+    };
+    let staging = Arc::new(staging);
+    let missing_bytes: u64 = missing.iter().map(|&i| write_size(&plan.ops[i])).sum();
+    report.bytes_copied_locally = plan.totals.bytes_to_write - missing_bytes;
+
+    if !missing.is_empty() {
+        let fetched = match peer {
+            Some(peer) => fetch_missing(peer, &staging, &plan, &missing, events).await,
+            None => Err(format!(
+                "{} files are neither in the tree nor in the trash any more (retention expired?)",
+                missing.len()
+            )),
+        };
+        match fetched {
+            Ok(bytes) => report.bytes_fetched = bytes,
+            Err(e) => {
+                discard(staging).await;
+                return report.ending(Outcome::Failed(e));
+            }
+        }
+    }
+
+    progress(events, "switching", 0, plan.ops.len() as u64);
+    let applied = {
+        let (setup, plan, local, staging, sync_id) =
+            (setup.clone(), Arc::clone(&plan), Arc::clone(&local), Arc::clone(&staging), sync_id.clone());
+        blocking(move || -> Result<crate::Applied, String> {
+            staging.finish().map_err(|e| e.to_string())?;
+            let history = History::open(&setup.state_dir);
+            history.save_before(&sync_id, &local, &setup.root).map_err(|e| e.to_string())?;
+            let options = ApplyOptions { preserve_owner: setup.preserve_owner, step_hook: None };
+            apply(&setup.root, &setup.state_dir, &local, &plan, &staging, &options).map_err(|e| e.to_string())
+        })
+        .await
+    };
+    let applied = match applied {
+        Ok(applied) => applied,
+        Err(e) => {
+            discard(staging).await;
+            return report.ending(Outcome::Failed(format!("apply: {e}")));
+        }
+    };
+
+    let history_record = HistoryRecord {
+        id: sync_id,
+        kind: record.kind,
+        source: record.source,
+        unix_time: unix_now(),
+        who: record.request.who.clone(),
+        reason: record.request.reason.clone(),
+        plan_id: plan.id.to_string(),
+        counts: Counts::from(&plan.totals),
+        root_before: plan.from_root.to_hex(),
+        root_after: applied.manifest.root_hash().to_hex(),
+        result: RecordResult::Applied,
+        trashed: applied.trashed.iter().map(Hash::to_hex).collect(),
+    };
+    let (state_dir, root, keep) = (setup.state_dir.clone(), setup.root.clone(), setup.keep_syncs);
+    let recorded = blocking(move || -> Result<(), String> {
+        let history = History::open(&state_dir);
+        history.append(&history_record).map_err(|e| e.to_string())?;
+        let trash = Trash::open(&root).map_err(|e| e.to_string())?;
+        history.retain(keep, &trash).map_err(|e| e.to_string())?;
+        Ok(())
+    })
+    .await;
+    if let Err(e) = recorded {
+        tracing::error!(tree = %setup.name, "the sync was applied but recording it failed: {e}");
+    }
+    report.root_after = Some(applied.manifest.root_hash());
+    report.manifest = Some(applied.manifest);
+    report.ending(Outcome::Applied)
+}
+
+/// Fetches the content of the `WriteFile` ops at `missing` from `peer` into
+/// `staging`, several streams at once; returns the bytes received.
+async fn fetch_missing<P: PeerSource>(
+    peer: &P,
+    staging: &Arc<Staging>,
+    plan: &Arc<Plan>,
+    missing: &[usize],
+    events: &(dyn Fn(Event) + Send + Sync),
+) -> Result<u64, String> {
+    // One fetch per distinct hash; every op with that hash is written from it.
+    let mut order: Vec<Hash> = Vec::new();
+    let mut ops_by_hash: HashMap<Hash, Vec<usize>> = HashMap::new();
+    for &index in missing {
+        if let Op::WriteFile { file, .. } = &plan.ops[index] {
+            ops_by_hash.entry(file.hash).or_insert_with(|| {
+                order.push(file.hash);
+                Vec::new()
+            });
+            ops_by_hash.get_mut(&file.hash).expect("inserted above").push(index);
+        }
+    }
+    let size_of = |hash: &Hash| write_size(&plan.ops[ops_by_hash[hash][0]]);
+    let total_bytes: u64 = order.iter().map(size_of).sum();
+    let mut batches: Vec<Vec<Hash>> = Vec::new();
+    let mut batch_bytes = 0;
+    for hash in order {
+        let size = size_of(&hash);
+        match batches.last_mut() {
+            Some(batch) if batch.len() < FETCH_BATCH_HASHES && batch_bytes + size <= FETCH_BATCH_BYTES => {
+                batch.push(hash);
+                batch_bytes += size;
+            }
+            _ => {
+                batches.push(vec![hash]);
+                batch_bytes = size;
+            }
+        }
+    }
+    let ops_by_hash = Arc::new(ops_by_hash);
+    let received = Arc::new(AtomicU64::new(0));
+    let files_total = missing.len() as u64;
+    let files_done = Arc::new(AtomicU64::new(0));
+    let last_report = std::sync::Mutex::new(Instant::now());
+    let report_progress = || {
+        let mut last = last_report.lock().unwrap_or_else(|p| p.into_inner());
+        if last.elapsed() >= Duration::from_millis(250) {
+            *last = Instant::now();
+            events(Event::Progress {
+                phase: "fetching",
+                files_done: files_done.load(Ordering::Relaxed),
+                files_total,
+                bytes_done: received.load(Ordering::Relaxed),
+                bytes_total: total_bytes,
+            });
+        }
+    };
+    let results = futures::stream::iter(batches)
+        .map(|batch| {
+            let (staging, plan, ops_by_hash) = (Arc::clone(staging), Arc::clone(plan), Arc::clone(&ops_by_hash));
+            let (received, files_done) = (Arc::clone(&received), Arc::clone(&files_done));
+            let report_progress = &report_progress;
+            async move {
+                let mut stream = peer.fetch(batch.clone()).await.map_err(|e| e.to_string())?;
+                let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Piece>>(8);
+                let writer = tokio::task::spawn_blocking(move || {
+                    write_pieces(rx, &staging, &plan, &ops_by_hash, &batch, &received, &files_done)
+                });
+                let streamed: Result<(), String> = async {
+                    loop {
+                        let next = tokio::time::timeout(FETCH_IDLE_TIMEOUT, stream.next()).await.map_err(|_| {
+                            format!("the peer sent nothing for {} s: transfer abandoned", FETCH_IDLE_TIMEOUT.as_secs())
+                        })?;
+                        match next {
+                            None => return Ok(()),
+                            Some(Err(e)) => return Err(e.to_string()),
+                            Some(Ok(pieces)) => {
+                                if tx.send(pieces).await.is_err() {
+                                    // The writer stopped: its own error says why.
+                                    return Ok(());
+                                }
+                                report_progress();
+                            }
+                        }
+                    }
+                }
+                .await;
+                drop(tx);
+                let written = writer.await.map_err(|e| format!("content writer failed: {e}"))?;
+                streamed?;
+                written
+            }
+        })
+        .buffer_unordered(FETCH_STREAMS)
+        .collect::<Vec<Result<(), String>>>()
+        .await;
+    for result in results {
+        result?;
+    }
+    Ok(received.load(Ordering::Relaxed))
+}
+
+/// Writes the pieces of one fetch batch into staged files, checking that each
+/// piece belongs to a requested hash and continues its blob exactly.
+fn write_pieces(
+    mut rx: tokio::sync::mpsc::Receiver<Vec<Piece>>,
+    staging: &Staging,
+    plan: &Plan,
+    ops_by_hash: &HashMap<Hash, Vec<usize>>,
+    batch: &[Hash],
+    received: &AtomicU64,
+    files_done: &AtomicU64,
+) -> Result<(), String> {
+    let wanted: std::collections::HashSet<Hash> = batch.iter().copied().collect();
+    let mut open: HashMap<Hash, (u64, Vec<StagedWriter>)> = HashMap::new();
+    let mut done: std::collections::HashSet<Hash> = std::collections::HashSet::new();
+    while let Some(pieces) = rx.blocking_recv() {
+        for piece in pieces {
+            if !wanted.contains(&piece.hash) || done.contains(&piece.hash) {
+                return Err(format!("peer sent content {} that was not asked for", piece.hash.short(16)));
+            }
+            if piece.missing {
+                return Err(format!(
+                    "peer no longer has content {} (its tree changed since the plan was made); sync again",
+                    piece.hash.short(16)
+                ));
+            }
+            if !open.contains_key(&piece.hash) {
+                let mut writers = Vec::new();
+                for &index in &ops_by_hash[&piece.hash] {
+                    let Op::WriteFile { path, file, .. } = &plan.ops[index] else { unreachable!("only WriteFile ops") };
+                    writers.push(staging.writer(index, path, file).map_err(|e| e.to_string())?);
+                }
+                open.insert(piece.hash, (0, writers));
+            }
+            let (offset, writers) = open.get_mut(&piece.hash).expect("opened above");
+            if piece.offset != *offset {
+                return Err(format!(
+                    "peer sent content {} out of order (offset {}, expected {offset})",
+                    piece.hash.short(16),
+                    piece.offset
+                ));
+            }
+            for writer in writers.iter_mut() {
+                writer.write_chunk(&piece.data).map_err(|e| e.to_string())?;
+            }
+            *offset += piece.data.len() as u64;
+            received.fetch_add(piece.data.len() as u64, Ordering::Relaxed);
+            if piece.eof {
+                let (_, writers) = open.remove(&piece.hash).expect("open");
+                for writer in writers {
+                    writer.finish().map_err(|e| e.to_string())?;
+                    files_done.fetch_add(1, Ordering::Relaxed);
+                }
+                done.insert(piece.hash);
+            }
+        }
+    }
+    if let Some(unfinished) = wanted.iter().find(|h| !done.contains(h)) {
+        return Err(format!(
+            "peer's content stream ended before content {} was complete (of {} asked for, {} arrived)",
+            unfinished.short(16),
+            wanted.len(),
+            done.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Rehashes the tree and lists every path that differs from `manifest`.
+pub async fn verify_tree(root: PathBuf, excludes: Excludes, manifest: Arc<Manifest>) -> Result<Verified, String> {
+    blocking(move || {
+        let options = manifest::ScanOptions { excludes, ..manifest::ScanOptions::default() };
+        let scan = manifest::scan(&root, &options, None).map_err(|e| e.to_string())?;
+        let plan = manifest::diff(&scan.manifest, &manifest);
+        let mismatches = plan
+            .ops
+            .iter()
+            .filter(|op| op.is_itemized())
+            .map(|op| Mismatch {
+                path: op.path().clone(),
+                expected: describe_expected(op),
+                actual: describe_actual(&scan.manifest, op.path()),
+            })
+            .collect();
+        Ok(Verified {
+            files_checked: scan.manifest.totals().files,
+            bytes_checked: scan.report.bytes_hashed,
+            mismatches,
+        })
+    })
+    .await
+}
+
+/// The result of [`verify_tree`].
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub files_checked: u64,
+    pub bytes_checked: u64,
+    pub mismatches: Vec<Mismatch>,
+}
+
+/// One path that is not what the manifest says.
+#[derive(Debug, Clone)]
+pub struct Mismatch {
+    pub path: RelPath,
+    pub expected: String,
+    pub actual: String,
+}
+
+fn describe_expected(op: &Op) -> String {
+    match op {
+        Op::Delete { kind, .. } => format!("no {} here", kind.as_str()),
+        Op::MkDir { .. } => "a directory".to_owned(),
+        Op::WriteFile { file, .. } | Op::SetFileMeta { file, .. } => {
+            format!("file {} bytes, mode {:o}, content {}", file.size, file.mode, file.hash.short(16))
+        }
+        Op::Symlink { link, .. } => format!("symlink to {}", manifest::path::escape(&link.target)),
+        Op::SetDirMeta { meta, .. } => format!("directory mode {:o}", meta.mode),
+    }
+}
+
+fn describe_actual(actual: &Manifest, path: &RelPath) -> String {
+    match actual.get(path) {
+        None => "missing".to_owned(),
+        Some(manifest::Node::File(f)) => {
+            format!("file {} bytes, mode {:o}, content {}", f.size, f.mode, f.hash.short(16))
+        }
+        Some(manifest::Node::Dir(d)) => format!("directory mode {:o}", d.meta.mode),
+        Some(manifest::Node::Symlink(s)) => format!("symlink to {}", manifest::path::escape(&s.target)),
+    }
+}
+
+fn itemize(plan: &Plan, events: &(dyn Fn(Event) + Send + Sync)) {
+    for op in plan.ops.iter().filter(|op| op.is_itemized()) {
+        let kind = match op {
+            Op::Delete { kind, .. } => *kind,
+            Op::MkDir { .. } | Op::SetDirMeta { .. } => Kind::Dir,
+            Op::WriteFile { .. } | Op::SetFileMeta { .. } => Kind::File,
+            Op::Symlink { .. } => Kind::Symlink,
+        };
+        events(Event::PlanItem { op: op.tag(), path: op.path().clone(), size: write_size(op), kind });
+    }
+}
+
+fn write_size(op: &Op) -> u64 {
+    match op {
+        Op::WriteFile { file, .. } => file.size,
+        _ => 0,
+    }
+}
+
+fn progress(events: &(dyn Fn(Event) + Send + Sync), phase: &'static str, files_total: u64, bytes_total: u64) {
+    events(Event::Progress { phase, files_done: 0, files_total, bytes_done: 0, bytes_total });
+}
+
+async fn discard(staging: Arc<Staging>) {
+    let _ = blocking(move || {
+        if let Ok(staging) = Arc::try_unwrap(staging) {
+            let _ = staging.discard();
+        }
+    })
+    .await;
+}
+
+/// Runs blocking file work on the blocking pool.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+fn unix_to_system(secs: i64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64)
+}
+
+/// The peer type of a rollback, which never fetches.
+enum NoPeer {}
+
+impl PeerSource for NoPeer {
+    async fn status(&self) -> Result<crate::remote::RemoteStatus, RemoteError> {
+        match *self {}
+    }
+    async fn read_dir(&self, _hash: Hash) -> Result<crate::remote::Listing, RemoteError> {
+        match *self {}
+    }
+    async fn fetch(&self, _hashes: Vec<Hash>) -> Result<crate::remote::PieceStream, RemoteError> {
+        match *self {}
+    }
+}

@@ -1,0 +1,215 @@
+//! The peer a sync pulls from, as a trait, and the planner that walks its
+//! Merkle tree.
+//!
+//! [`PeerSource`] is what the engine needs from a peer: its status, one
+//! directory listing by hash, and a stream of content by hash. The daemon
+//! implements it over gRPC; tests implement it in memory, honest or hostile.
+//!
+//! [`plan_target`] builds the peer's manifest top-down, asking only for
+//! directories whose hash we do not already have somewhere in our own tree:
+//! metadata traffic is proportional to what changed. Every listing is checked —
+//! names against the path rules, order, and the Merkle hash recomputed from the
+//! entries against the hash we asked for — so a peer cannot smuggle a path or a
+//! lie past this module.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use manifest::{
+    Dir, DirMeta, Entry, Excludes, FileMeta, Hash, HashInput, Manifest, Node, RelPath, SymlinkMeta, hash_listing,
+};
+use tokio::sync::Semaphore;
+
+use crate::guards::{SourcePool, SourceReadiness};
+
+/// One tree of the peer, as its status reports it.
+#[derive(Debug, Clone)]
+pub struct RemoteTree {
+    pub root: Hash,
+    pub readiness: SourceReadiness,
+    /// Files plus symlinks.
+    pub leaves: u64,
+}
+
+/// The peer's status for the tree being synced.
+#[derive(Debug, Clone)]
+pub struct RemoteStatus {
+    pub node: String,
+    pub pool: SourcePool,
+    /// `None` when the peer does not have this tree.
+    pub tree: Option<RemoteTree>,
+}
+
+/// One entry of a listing, as the peer describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListedEntry {
+    File(FileMeta),
+    Symlink(SymlinkMeta),
+    Dir { meta: DirMeta, hash: Hash },
+}
+
+/// A directory listing as the peer sent it: not trusted until checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    pub meta: DirMeta,
+    pub entries: Vec<(Box<[u8]>, ListedEntry)>,
+}
+
+/// A piece of content; see the `Blob` message of the wire contract.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    pub hash: Hash,
+    pub offset: u64,
+    pub data: Vec<u8>,
+    pub eof: bool,
+    pub total_size: u64,
+    pub missing: bool,
+}
+
+/// Content pieces in the order the peer sends them.
+pub type PieceStream = Pin<Box<dyn Stream<Item = Result<Vec<Piece>, RemoteError>> + Send>>;
+
+/// A peer failed or lied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RemoteError {
+    #[error("peer unreachable or failed: {0}")]
+    Unavailable(String),
+    #[error("peer does not have directory {0} any more (its tree changed while we planned)")]
+    DirGone(Hash),
+    #[error("peer sent a bad listing for {path}: {why}")]
+    BadListing { path: String, why: String },
+    #[error("peer's listing for {path} hashes to {actual}, not to the {claimed} it was asked for")]
+    ListingMismatch { path: String, claimed: Hash, actual: Hash },
+    #[error("peer sent bad content: {0}")]
+    BadContent(String),
+}
+
+/// What the engine needs from a peer, for one tree.
+pub trait PeerSource: Send + Sync {
+    fn status(&self) -> impl Future<Output = Result<RemoteStatus, RemoteError>> + Send;
+    fn read_dir(&self, hash: Hash) -> impl Future<Output = Result<Listing, RemoteError>> + Send;
+    fn fetch(&self, hashes: Vec<Hash>) -> impl Future<Output = Result<PieceStream, RemoteError>> + Send;
+}
+
+/// Directory listings in flight at once while planning.
+pub const PLAN_CONCURRENCY: usize = 16;
+
+/// Builds the manifest of the peer's tree with root `remote_root`, reusing every
+/// directory of `local` whose hash matches, and leaving out what `excludes`
+/// excludes here (the reserved `.stagingd/` included: a peer cannot write into
+/// our staging area). The result's root equals `remote_root` unless something
+/// was excluded.
+pub async fn plan_target<P: PeerSource>(
+    peer: &P,
+    local: &Manifest,
+    remote_root: Hash,
+    excludes: &Excludes,
+) -> Result<Manifest, RemoteError> {
+    if remote_root == local.root_hash() {
+        return Ok(local.clone());
+    }
+    let mut known: HashMap<Hash, &Dir> = HashMap::new();
+    index_dirs(local.root(), &mut known);
+    let walker = Walker { peer, known, excludes, permits: Arc::new(Semaphore::new(PLAN_CONCURRENCY)) };
+    let root = walker.dir(RelPath::root(), remote_root, local.root().meta).await?;
+    Ok(Manifest::new(root))
+}
+
+fn index_dirs<'a>(dir: &'a Dir, known: &mut HashMap<Hash, &'a Dir>) {
+    known.entry(dir.hash()).or_insert(dir);
+    for entry in dir.children() {
+        if let Node::Dir(d) = &entry.node {
+            index_dirs(d, known);
+        }
+    }
+}
+
+struct Walker<'a, P> {
+    peer: &'a P,
+    known: HashMap<Hash, &'a Dir>,
+    excludes: &'a Excludes,
+    permits: Arc<Semaphore>,
+}
+
+impl<P: PeerSource> Walker<'_, P> {
+    /// The peer's directory at `path` with hash `hash`.
+    fn dir<'s>(
+        &'s self,
+        path: RelPath,
+        hash: Hash,
+        meta: DirMeta,
+    ) -> Pin<Box<dyn Future<Output = Result<Dir, RemoteError>> + Send + 's>>
+    where
+        P: 's,
+    {
+        Box::pin(async move {
+            if let Some(local) = self.known.get(&hash) {
+                let mut dir = (*local).clone();
+                dir.meta = meta;
+                return Ok(dir);
+            }
+            let listing = {
+                let _permit = self.permits.acquire().await.expect("the semaphore is never closed");
+                self.peer.read_dir(hash).await?
+            };
+            let shown = path.display();
+            let bad = |why: String| RemoteError::BadListing { path: shown.clone(), why };
+            let mut previous: Option<&[u8]> = None;
+            for (name, _) in &listing.entries {
+                RelPath::check_name(name).map_err(|e| bad(e.to_string()))?;
+                if previous.is_some_and(|p| p >= &name[..]) {
+                    return Err(bad(format!("entries out of order or repeated at {}", manifest::path::escape(name))));
+                }
+                previous = Some(name);
+            }
+            // Check the listing against the hash we asked for before descending:
+            // a lying peer is caught here, before it can make us fetch anything else.
+            let actual = hash_listing(listing.entries.iter().map(|(name, entry)| {
+                let input = match entry {
+                    ListedEntry::File(f) => HashInput::File(f),
+                    ListedEntry::Symlink(s) => HashInput::Symlink(&s.target),
+                    ListedEntry::Dir { meta, hash } => HashInput::Dir { mode: meta.mode, hash: *hash },
+                };
+                (&name[..], input)
+            }));
+            if actual != hash {
+                return Err(RemoteError::ListingMismatch { path: shown, claimed: hash, actual });
+            }
+            let subdirs = listing.entries.iter().filter_map(|(name, entry)| match entry {
+                ListedEntry::Dir { meta, hash } => Some((name, *meta, *hash)),
+                _ => None,
+            });
+            let built = futures::future::try_join_all(subdirs.map(|(name, meta, hash)| {
+                let child = path.join(name).map_err(|e| bad(e.to_string()));
+                async move { self.dir(child?, hash, meta).await }
+            }))
+            .await?;
+            let mut built = built.into_iter();
+            let mut children = Vec::with_capacity(listing.entries.len());
+            for (name, entry) in listing.entries {
+                let node = match entry {
+                    ListedEntry::File(f) => Node::File(f),
+                    ListedEntry::Symlink(s) => Node::Symlink(s),
+                    ListedEntry::Dir { .. } => Node::Dir(built.next().expect("one built dir per listed dir")),
+                };
+                children.push(Entry { name, node });
+            }
+            Ok(self.without_excluded(&path, Dir::new(meta, children)))
+        })
+    }
+
+    /// The directory minus entries this node excludes: they are neither written
+    /// nor deleted here, whatever the peer has.
+    fn without_excluded(&self, path: &RelPath, dir: Dir) -> Dir {
+        let excluded = |entry: &Entry| path.join(&entry.name).is_ok_and(|p| self.excludes.is_excluded(&p));
+        if !dir.children().iter().any(excluded) {
+            return dir;
+        }
+        let meta = dir.meta;
+        let kept = dir.into_children().into_iter().filter(|e| !excluded(e)).collect();
+        Dir::new(meta, kept)
+    }
+}
