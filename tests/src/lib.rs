@@ -96,6 +96,11 @@ impl TestTree {
     }
 }
 
+/// The root hash of the tree at `path`.
+pub fn root_of(path: &Path) -> manifest::Hash {
+    manifest::scan(path, &ScanOptions::default(), None).expect("scan").manifest.root_hash()
+}
+
 /// Asserts that two directories hold the same tree, printing the plan that would
 /// turn `actual` into `expected` when they differ.
 pub fn assert_same_tree(expected: &Path, actual: &Path) {
@@ -269,4 +274,24 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// What `rsync -naci --delete` would change to make `to` equal `from` (the
+/// reserved `.stagingd/` excluded): empty when the trees are the same in content,
+/// modes, mtimes, symlinks and directory times.
+pub fn rsync_differences(from: &Path, to: &Path) -> Vec<String> {
+    let output = Command::new("rsync")
+        .args(["-naci", "--delete", "--exclude=/.stagingd"])
+        .arg(format!("{}/", from.display()))
+        .arg(format!("{}/", to.display()))
+        .output()
+        .expect("run rsync (install it: apt-get install rsync)");
+    assert!(output.status.success(), "rsync failed: {}", describe(&output));
+    String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect()
+}
+
+/// Asserts that `rsync -naci --delete` finds nothing to do between the trees.
+pub fn assert_rsync_clean(from: &Path, to: &Path) {
+    let differences = rsync_differences(from, to);
+    assert!(differences.is_empty(), "rsync -naci --delete still finds differences:\n{}", differences.join("\n"));
 }

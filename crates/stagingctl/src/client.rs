@@ -18,8 +18,12 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use proto::v1::admin_client::AdminClient;
-use proto::v1::{AdminStatusRequest, NodeStatus, SetPoolStateRequest, SetPoolStateResponse};
+use proto::v1::{
+    AdminStatusRequest, HistoryRequest, HistoryResponse, NodeStatus, RollbackRequest, SetPoolStateRequest,
+    SetPoolStateResponse, SyncEvent, SyncRequest, VerifyRequest, VerifyResponse,
+};
 use tokio::net::UnixStream;
+use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::output::hinted;
@@ -106,9 +110,47 @@ impl Admin {
         bounded(timeout, self.client.set_pool_state(request)).await
     }
 
+    /// `Admin.Sync`. Only the start of the call is bounded by the timeout (the
+    /// daemon answers NOT_FOUND or INVALID_ARGUMENT at once, or starts the
+    /// stream); the stream itself lasts as long as the sync does.
+    pub async fn sync(&mut self, request: SyncRequest) -> Result<Streaming<SyncEvent>, tonic::Status> {
+        let timeout = self.target.timeout;
+        bounded(timeout, self.client.sync(request)).await
+    }
+
+    /// `Admin.Rollback`, bounded like [`Admin::sync`].
+    pub async fn rollback(&mut self, request: RollbackRequest) -> Result<Streaming<SyncEvent>, tonic::Status> {
+        let timeout = self.target.timeout;
+        bounded(timeout, self.client.rollback(request)).await
+    }
+
+    /// `Admin.History`.
+    pub async fn history(&mut self, request: HistoryRequest) -> Result<HistoryResponse, tonic::Status> {
+        let timeout = self.target.timeout;
+        bounded(timeout, self.client.history(request)).await
+    }
+
+    /// `Admin.Verify`. Not bounded by the timeout: the daemon rehashes every
+    /// byte of the tree before it answers, which takes minutes on a large tree.
+    pub async fn verify(&mut self, request: VerifyRequest) -> Result<VerifyResponse, tonic::Status> {
+        self.client.verify(request).await.map(tonic::Response::into_inner)
+    }
+
     /// Turns a failed call of `rpc` into an operator-facing error with a hint.
     pub fn describe(&self, rpc: &str, status: &tonic::Status) -> anyhow::Error {
-        describe_status(&self.target, rpc, status)
+        describe_status(&self.target, rpc, status, None)
+    }
+
+    /// Like [`Admin::describe`], but when the daemon gave no `hint:` line, the
+    /// hint is `fallback(code)` if that has one (the caller knows which next
+    /// step fits its command, e.g. "name one with --tree").
+    pub fn describe_or(
+        &self,
+        rpc: &str,
+        status: &tonic::Status,
+        fallback: impl Fn(tonic::Code) -> Option<String>,
+    ) -> anyhow::Error {
+        describe_status(&self.target, rpc, status, fallback(status.code()))
     }
 }
 
@@ -125,7 +167,7 @@ async fn bounded<T>(
     }
 }
 
-fn describe_status(target: &Target, rpc: &str, status: &tonic::Status) -> anyhow::Error {
+fn describe_status(target: &Target, rpc: &str, status: &tonic::Status, fallback: Option<String>) -> anyhow::Error {
     let socket = target.socket.display();
     let (message, hint) = split_hint(status.message());
     match status.code() {
@@ -139,7 +181,7 @@ fn describe_status(target: &Target, rpc: &str, status: &tonic::Status) -> anyhow
         ),
         code => hinted(
             format!("{rpc} failed ({}): {message}", code_name(code)),
-            hint.unwrap_or_else(|| "see the daemon's log: journalctl -u stagingd".to_owned()),
+            hint.or(fallback).unwrap_or_else(|| "see the daemon's log: journalctl -u stagingd".to_owned()),
         ),
     }
 }

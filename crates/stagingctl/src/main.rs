@@ -37,7 +37,8 @@ struct Cli {
         default_value = client::DEFAULT_ADMIN_SOCKET
     )]
     admin_socket: PathBuf,
-    /// Give up on connecting to the daemon, and on each call, after this long (e.g. `10s`, `1m`).
+    /// Give up on connecting to the daemon, and on a call it does not answer, after this long (e.g. `10s`,
+    /// `1m`). A running sync or verify is not cut short.
     #[arg(long, global = true, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
     #[command(subcommand)]
@@ -52,6 +53,16 @@ enum Command {
     Status(cmd::status::Args),
     /// Change this node's pool state: serve, receive-only or depooled.
     Pool(cmd::pool::Args),
+    /// Pull a peer's trees (guarded; `--dry-run` prints the plan and its id).
+    Sync(cmd::sync::Args),
+    /// What `sync` would change, without changing it (= `sync --dry-run`).
+    Diff(cmd::diff::Args),
+    /// Past syncs and rollbacks of a tree, newest first.
+    History(cmd::history::Args),
+    /// Undo the last sync of a tree, or go back to the state after a given one.
+    Rollback(cmd::rollback::Args),
+    /// Rehash a tree and list every file that no longer matches its manifest.
+    Verify(cmd::verify::Args),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +72,11 @@ fn main() -> ExitCode {
         Command::Manifest(args) => cmd::manifest::run(args),
         Command::Status(args) => cmd::status::run(args, &daemon),
         Command::Pool(args) => cmd::pool::run(args, &daemon),
+        Command::Sync(args) => cmd::sync::run(args, &daemon),
+        Command::Diff(args) => cmd::diff::run(args, &daemon),
+        Command::History(args) => cmd::history::run(args, &daemon),
+        Command::Rollback(args) => cmd::rollback::run(args, &daemon),
+        Command::Verify(args) => cmd::verify::run(args, &daemon),
     };
     match result {
         Ok(code) => code,

@@ -37,17 +37,30 @@ pub fn report_error(error: &anyhow::Error) -> ExitCode {
     if is_broken_pipe(error) {
         return ExitCode::SUCCESS;
     }
-    let mut stderr = io::stderr().lock();
-    let _ = writeln!(stderr, "error: {error:#}");
-    let mut code = EXIT_ERROR;
-    if let Some(h) = error.downcast_ref::<Hinted>() {
-        let _ = writeln!(stderr, "hint: {}", h.hint);
-        code = h.code;
-    }
-    ExitCode::from(code)
+    ExitCode::from(print_error(error))
 }
 
-fn is_broken_pipe(error: &anyhow::Error) -> bool {
+/// Prints `error: …` and, for a [`Hinted`] error, `hint: …` to stderr, and
+/// returns the exit code the error stands for (1, or 3 for a refusal). For
+/// commands that report an error and still go on (a broken sync stream after
+/// some trees already finished).
+pub fn print_error(error: &anyhow::Error) -> u8 {
+    let mut stderr = io::stderr().lock();
+    let _ = write!(stderr, "{}", error_text(error));
+    error.downcast_ref::<Hinted>().map_or(EXIT_ERROR, |h| h.code)
+}
+
+/// The text [`print_error`] prints: `error: …\n` and, if there is one, `hint: …\n`.
+pub fn error_text(error: &anyhow::Error) -> String {
+    let mut text = format!("error: {error:#}\n");
+    if let Some(h) = error.downcast_ref::<Hinted>() {
+        text.push_str(&format!("hint: {}\n", h.hint));
+    }
+    text
+}
+
+/// Whether `error` is a closed stdout (`stagingctl history | head`): not worth reporting.
+pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
     error.chain().any(|e| e.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe))
 }
 
@@ -57,6 +70,21 @@ pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     serde_json::to_writer_pretty(&mut stdout, value)?;
     writeln!(stdout)?;
     Ok(())
+}
+
+/// Daemon-provided free text made safe for a terminal: control characters
+/// other than newline and tab are escaped (`\u{1b}`), so that a name that came
+/// from a peer cannot move the cursor or recolour the operator's terminal.
+pub fn sanitize(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && c != '\n' && c != '\t' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// `1234567` → `1,234,567`.
@@ -97,5 +125,11 @@ mod tests {
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(2 * 1024 * 1024 * 1024), "2.0 GiB");
+    }
+
+    #[test]
+    fn sanitize_escapes_terminal_controls_but_keeps_lines() {
+        assert_eq!(sanitize("a\u{1b}[31mred\r\nnext\tcol"), "a\\u{1b}[31mred\\r\nnext\tcol");
+        assert_eq!(sanitize("plain → text"), "plain → text");
     }
 }

@@ -156,7 +156,23 @@ impl pb::admin_server::Admin for AdminService {
             admin_socket: self.node.config.admin_socket.display().to_string(),
             listen_address: self.node.listen.to_string(),
             replication: None,
-            locks: Vec::new(),
+            locks: self
+                .node
+                .trees
+                .values()
+                .filter_map(|tree| {
+                    tree.lock.holder().map(|holder| pb::LockInfo {
+                        tree: tree.name.clone(),
+                        operation: holder.operation,
+                        who: holder.who,
+                        reason: holder.reason,
+                        since_unix: holder
+                            .since
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs() as i64),
+                    })
+                })
+                .collect(),
             started_unix: self.node.started_unix,
         }))
     }

@@ -162,7 +162,13 @@ fn finish(tree: &TreeState, mut report: Report, local: Arc<manifest::Manifest>, 
     let (outcome, guard, message, hint) = match &report.outcome {
         Outcome::Applied => (pb::SyncOutcome::Applied, "", String::new(), String::new()),
         Outcome::NothingToDo => (pb::SyncOutcome::NothingToDo, "", "already in sync".to_owned(), String::new()),
-        Outcome::DryRun => (pb::SyncOutcome::DryRun, "", String::new(), String::new()),
+        Outcome::DryRun(None) => (pb::SyncOutcome::DryRun, "", String::new(), String::new()),
+        Outcome::DryRun(Some(r)) => (
+            pb::SyncOutcome::DryRun,
+            "",
+            format!("applying this plan now would be refused by guard {}: {}", r.guard, r.message),
+            r.hint.clone(),
+        ),
         Outcome::Refused(r) => (pb::SyncOutcome::Refused, r.guard, r.message.clone(), r.hint.clone()),
         Outcome::Failed(e) => (pb::SyncOutcome::Failed, "", e.clone(), String::new()),
     };

@@ -64,13 +64,13 @@ fn entry_to_proto(entry: &Entry) -> pb::DirEntry {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WireError {
     #[error("peer sent a bad name: {0}")]
-    BadName(String),
+    Name(String),
     #[error("peer sent a {field} of {len} bytes (expected 32) for {name}")]
-    BadHash { field: &'static str, len: usize, name: String },
+    Hash { field: &'static str, len: usize, name: String },
     #[error("peer sent an entry of unknown kind {kind} for {name}")]
-    BadKind { kind: i32, name: String },
+    Kind { kind: i32, name: String },
     #[error("peer sent a bad {field} for {name}")]
-    BadField { field: &'static str, name: String },
+    Field { field: &'static str, name: String },
 }
 
 /// Decodes one `ReadDir` answer into a listing. Field sizes, kinds, modes and
@@ -79,7 +79,7 @@ pub enum WireError {
 pub fn listing_from_proto(response: &pb::ReadDirResponse) -> Result<Listing, WireError> {
     let mut entries = Vec::with_capacity(response.entries.len());
     for entry in &response.entries {
-        RelPath::check_name(&entry.name).map_err(|e| WireError::BadName(e.to_string()))?;
+        RelPath::check_name(&entry.name).map_err(|e| WireError::Name(e.to_string()))?;
         let shown = manifest::path::escape(&entry.name);
         let owner = Owner { uid: entry.uid, gid: entry.gid };
         let mtime = timestamp(entry.mtime_secs, entry.mtime_nanos, &shown)?;
@@ -99,11 +99,11 @@ pub fn listing_from_proto(response: &pb::ReadDirResponse) -> Result<Listing, Wir
             },
             Ok(pb::EntryKind::Symlink) => {
                 if entry.symlink_target.is_empty() || entry.symlink_target.contains(&0) {
-                    return Err(WireError::BadField { field: "symlink target", name: shown });
+                    return Err(WireError::Field { field: "symlink target", name: shown });
                 }
                 ListedEntry::Symlink(SymlinkMeta { target: entry.symlink_target.clone().into(), mtime, owner })
             }
-            _ => return Err(WireError::BadKind { kind: entry.kind, name: shown }),
+            _ => return Err(WireError::Kind { kind: entry.kind, name: shown }),
         };
         entries.push((entry.name.clone().into_boxed_slice(), listed));
     }
@@ -128,19 +128,19 @@ pub fn piece_from_proto(blob: pb::Blob) -> Result<Piece, WireError> {
 }
 
 fn hash32(bytes: &[u8], field: &'static str, name: &str) -> Result<Hash, WireError> {
-    Hash::from_slice(bytes).ok_or_else(|| WireError::BadHash { field, len: bytes.len(), name: name.to_owned() })
+    Hash::from_slice(bytes).ok_or_else(|| WireError::Hash { field, len: bytes.len(), name: name.to_owned() })
 }
 
 fn timestamp(secs: i64, nanos: u32, name: &str) -> Result<Timestamp, WireError> {
     if nanos >= 1_000_000_000 {
-        return Err(WireError::BadField { field: "mtime", name: name.to_owned() });
+        return Err(WireError::Field { field: "mtime", name: name.to_owned() });
     }
     Ok(Timestamp::new(secs, nanos))
 }
 
 fn mode(mode: u32, name: &str) -> Result<u32, WireError> {
     if mode & !0o7777 != 0 {
-        return Err(WireError::BadField { field: "mode", name: name.to_owned() });
+        return Err(WireError::Field { field: "mode", name: name.to_owned() });
     }
     Ok(mode)
 }
@@ -191,22 +191,22 @@ mod tests {
 
         let mut bad_name = honest.clone();
         bad_name.entries[0].name = b"../etc".to_vec();
-        assert!(matches!(listing_from_proto(&bad_name), Err(WireError::BadName(_))));
+        assert!(matches!(listing_from_proto(&bad_name), Err(WireError::Name(_))));
 
         let mut slash = honest.clone();
         slash.entries[0].name = b"a/b".to_vec();
-        assert!(matches!(listing_from_proto(&slash), Err(WireError::BadName(_))));
+        assert!(matches!(listing_from_proto(&slash), Err(WireError::Name(_))));
 
         let mut short_hash = honest.clone();
         short_hash.entries[0].hash.truncate(31);
-        assert!(matches!(listing_from_proto(&short_hash), Err(WireError::BadHash { .. })));
+        assert!(matches!(listing_from_proto(&short_hash), Err(WireError::Hash { .. })));
 
         let mut bad_kind = honest.clone();
         bad_kind.entries[0].kind = 42;
-        assert!(matches!(listing_from_proto(&bad_kind), Err(WireError::BadKind { .. })));
+        assert!(matches!(listing_from_proto(&bad_kind), Err(WireError::Kind { .. })));
 
         let mut bad_mode = honest;
         bad_mode.entries[0].mode = 0o100644;
-        assert!(matches!(listing_from_proto(&bad_mode), Err(WireError::BadField { field: "mode", .. })));
+        assert!(matches!(listing_from_proto(&bad_mode), Err(WireError::Field { field: "mode", .. })));
     }
 }

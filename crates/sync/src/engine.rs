@@ -75,7 +75,8 @@ pub enum Event {
 pub enum Outcome {
     Applied,
     NothingToDo,
-    DryRun,
+    /// A dry run; with the refusal the plan would meet if it were applied now.
+    DryRun(Option<Refusal>),
     Refused(Refusal),
     Failed(String),
 }
@@ -192,12 +193,15 @@ pub async fn sync_tree<P: PeerSource>(
         behind_since,
         space,
     };
-    if let Err(refusal) = guards::check_plan(&subject, &plan_facts) {
-        return report.ending(Outcome::Refused(refusal));
-    }
+    let verdict = guards::check_plan(&subject, &plan_facts);
     if request.dry_run {
+        // A dry run shows the plan even when a guard would refuse it: that is
+        // how an operator reviews a plan before confirming it.
         itemize(&plan, events);
-        return report.ending(Outcome::DryRun);
+        return report.ending(Outcome::DryRun(verdict.err()));
+    }
+    if let Err(refusal) = verdict {
+        return report.ending(Outcome::Refused(refusal));
     }
 
     let record = RecordDraft { kind: RecordKind::Sync, source: request.peer.clone(), request };
@@ -499,15 +503,19 @@ fn write_pieces(
                     piece.hash.short(16)
                 ));
             }
-            if !open.contains_key(&piece.hash) {
-                let mut writers = Vec::new();
-                for &index in &ops_by_hash[&piece.hash] {
-                    let Op::WriteFile { path, file, .. } = &plan.ops[index] else { unreachable!("only WriteFile ops") };
-                    writers.push(staging.writer(index, path, file).map_err(|e| e.to_string())?);
+            let (offset, writers) = match open.entry(piece.hash) {
+                std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::hash_map::Entry::Vacant(entry) => {
+                    let mut writers = Vec::new();
+                    for &index in &ops_by_hash[&piece.hash] {
+                        let Op::WriteFile { path, file, .. } = &plan.ops[index] else {
+                            unreachable!("only WriteFile ops are fetched")
+                        };
+                        writers.push(staging.writer(index, path, file).map_err(|e| e.to_string())?);
+                    }
+                    entry.insert((0, writers))
                 }
-                open.insert(piece.hash, (0, writers));
-            }
-            let (offset, writers) = open.get_mut(&piece.hash).expect("opened above");
+            };
             if piece.offset != *offset {
                 return Err(format!(
                     "peer sent content {} out of order (offset {}, expected {offset})",

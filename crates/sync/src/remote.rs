@@ -114,7 +114,8 @@ pub async fn plan_target<P: PeerSource>(
     let mut known: HashMap<Hash, &Dir> = HashMap::new();
     index_dirs(local.root(), &mut known);
     let walker = Walker { peer, known, excludes, permits: Arc::new(Semaphore::new(PLAN_CONCURRENCY)) };
-    let root = walker.dir(RelPath::root(), remote_root, local.root().meta).await?;
+    // The root's own metadata comes from its listing (it has no parent entry).
+    let root = walker.dir(RelPath::root(), remote_root, None).await?;
     Ok(Manifest::new(root))
 }
 
@@ -135,18 +136,20 @@ struct Walker<'a, P> {
 }
 
 impl<P: PeerSource> Walker<'_, P> {
-    /// The peer's directory at `path` with hash `hash`.
+    /// The peer's directory at `path` with hash `hash`. `meta` is what the
+    /// parent's listing says of it (its mode is covered by the parent's hash);
+    /// `None` for the root, whose metadata only its own listing carries.
     fn dir<'s>(
         &'s self,
         path: RelPath,
         hash: Hash,
-        meta: DirMeta,
+        meta: Option<DirMeta>,
     ) -> Pin<Box<dyn Future<Output = Result<Dir, RemoteError>> + Send + 's>>
     where
         P: 's,
     {
         Box::pin(async move {
-            if let Some(local) = self.known.get(&hash) {
+            if let (Some(local), Some(meta)) = (self.known.get(&hash), meta) {
                 let mut dir = (*local).clone();
                 dir.meta = meta;
                 return Ok(dir);
@@ -184,7 +187,7 @@ impl<P: PeerSource> Walker<'_, P> {
             });
             let built = futures::future::try_join_all(subdirs.map(|(name, meta, hash)| {
                 let child = path.join(name).map_err(|e| bad(e.to_string()));
-                async move { self.dir(child?, hash, meta).await }
+                async move { self.dir(child?, hash, Some(meta)).await }
             }))
             .await?;
             let mut built = built.into_iter();
@@ -197,6 +200,7 @@ impl<P: PeerSource> Walker<'_, P> {
                 };
                 children.push(Entry { name, node });
             }
+            let meta = meta.unwrap_or(listing.meta);
             Ok(self.without_excluded(&path, Dir::new(meta, children)))
         })
     }

@@ -14,6 +14,9 @@ use sync::guards::{DeleteLimits, SourcePool, SourceReadiness};
 use sync::remote::{ListedEntry, Listing, PeerSource, Piece, PieceStream, RemoteError, RemoteStatus, RemoteTree};
 use sync::{FakeProbe, Space, StatvfsProbe};
 
+/// A rewrite of what the peer is about to send.
+type Tamper<T> = Box<dyn Fn(&mut T) + Send + Sync>;
+
 /// A peer serving a real directory's manifest and content from memory, with
 /// knobs to make it lie.
 struct MemoryPeer {
@@ -22,9 +25,9 @@ struct MemoryPeer {
     pool: SourcePool,
     readiness: SourceReadiness,
     /// Rewrites a listing before it is sent.
-    tamper_listing: Box<dyn Fn(&mut Listing) + Send + Sync>,
+    tamper_listing: Tamper<Listing>,
     /// Rewrites the pieces of a fetch before they are sent.
-    tamper_pieces: Box<dyn Fn(&mut Vec<Piece>) + Send + Sync>,
+    tamper_pieces: Tamper<Vec<Piece>>,
     read_dirs: AtomicUsize,
     fetched: Mutex<Vec<Hash>>,
 }
@@ -324,7 +327,14 @@ fn content_that_was_not_asked_for_is_refused() {
     peer.tamper_pieces = Box::new(|pieces| {
         pieces.insert(
             0,
-            Piece { hash: Hash::of_content(b"x"), offset: 0, data: b"x".to_vec(), eof: true, total_size: 1, missing: false },
+            Piece {
+                hash: Hash::of_content(b"x"),
+                offset: 0,
+                data: b"x".to_vec(),
+                eof: true,
+                total_size: 1,
+                missing: false,
+            },
         );
     });
     assert_hostile_sync_fails(peer, "not asked for");
@@ -364,7 +374,12 @@ fn an_enormous_declared_size_is_stopped_by_the_capacity_guard() {
     let receiver = receiver();
     let before = receiver.manifest().root_hash();
     let local = std::sync::Arc::new(receiver.manifest());
-    let probe = FakeProbe::new(Space { free_bytes: 1 << 30, total_bytes: 1 << 31, free_inodes: 1 << 20, total_inodes: 1 << 21 });
+    let probe = FakeProbe::new(Space {
+        free_bytes: 1 << 30,
+        total_bytes: 1 << 31,
+        free_inodes: 1 << 20,
+        total_inodes: 1 << 21,
+    });
     let report = rt().block_on(sync_tree(&peer, &receiver.setup(), local, &probe, &request(), &|_: Event| {}));
     match report.outcome {
         Outcome::Refused(refusal) => assert_eq!(refusal.guard, "capacity"),

@@ -75,7 +75,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
 
     let started = Instant::now();
-    let scan = manifest::scan(&dir, &options, previous.as_ref())
+    // The cached manifest is handed over by value: the scan consumes it as it
+    // goes, so the old and new manifests are never both whole in memory.
+    let scan = manifest::scan(&dir, &options, Previous::owned(previous))
         .map_err(|e| hinted(e.to_string(), "check that the directory exists and is readable by this user"))?;
     let scan_seconds = started.elapsed().as_secs_f64();
 

@@ -1,5 +1,13 @@
-//! One module per subcommand.
+//! One module per subcommand; `render` and `stream` are the shared view and
+//! driver of the `SyncEvent` stream behind `sync`, `diff` and `rollback`.
 
+pub mod diff;
+pub mod history;
 pub mod manifest;
 pub mod pool;
+pub mod render;
+pub mod rollback;
 pub mod status;
+pub mod stream;
+pub mod sync;
+pub mod verify;

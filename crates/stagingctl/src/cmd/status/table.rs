@@ -195,7 +195,7 @@ fn replication_line(replication: Option<&ReplicationState>, now: i64) -> String 
 }
 
 /// ` (5m ago)`, on the daemon's clock; empty when either time is unknown.
-fn ago(now: i64, then: i64) -> String {
+pub fn ago(now: i64, then: i64) -> String {
     if now <= 0 || then <= 0 {
         return String::new();
     }
@@ -213,7 +213,7 @@ fn ago(now: i64, then: i64) -> String {
 /// `right_aligned` (numbers) are right-aligned. Rows may be shorter than the
 /// header (an unreachable peer has no pool or root); the last cell of a row is
 /// never padded.
-fn columns(header: &[&str], rows: Vec<Vec<String>>, right_aligned: &[usize]) -> String {
+pub fn columns(header: &[&str], rows: Vec<Vec<String>>, right_aligned: &[usize]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in &rows {
         for (i, cell) in row.iter().enumerate().take(widths.len()) {
