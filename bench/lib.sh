@@ -115,3 +115,51 @@ EOF
     fi
     stats_of "$times"
 }
+
+# --- helpers added for bench/sync.sh ---
+
+# free_port -> prints a TCP port that was free on 127.0.0.1 a moment ago.
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# warm_read_cmd DIR -> prints a shell command that reads every file of DIR (8 readers: cold reads
+# need many in flight) and then stats every entry. Run it right before a timed run: the page
+# cache drops data unused for ~30 s.
+warm_read_cmd() {
+    local q
+    q=$(printf %q "$1")
+    printf '%s\n' "find $q -type f -print0 | xargs -0 -P8 -n 500 cat > /dev/null && find $q -printf '%s %T@\\n' > /dev/null"
+}
+
+# stat_walk_cmd DIR -> prints a shell command that stats every entry of DIR (dentries and inodes
+# only, no file data).
+stat_walk_cmd() {
+    local q
+    q=$(printf %q "$1")
+    printf '%s\n' "find $q -printf '%s %T@\\n' > /dev/null"
+}
+
+# time_cmd TIMES_FILE CMD [ARG...]: runs CMD (its stdout and stderr pass through), appends its
+# wall-clock seconds to TIMES_FILE, and returns CMD's exit status.
+time_cmd() {
+    local times=$1 t0 t1 rc=0
+    shift
+    t0=$(date +%s.%N)
+    "$@" || rc=$?
+    t1=$(date +%s.%N)
+    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.6f\n", b - a }' >>"$times"
+    return "$rc"
+}
+
+# commit_desc REPO -> prints the short commit, noting uncommitted changes.
+commit_desc() {
+    local repo=$1 c
+    if git -C "$repo" rev-parse --git-dir >/dev/null 2>&1; then
+        c=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
+        [[ -z $(git -C "$repo" status --porcelain 2>/dev/null) ]] || c+=" (work tree has uncommitted changes)"
+    else
+        c=unknown
+    fi
+    printf '%s\n' "$c"
+}

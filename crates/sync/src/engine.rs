@@ -136,7 +136,7 @@ pub async fn sync_tree<P: PeerSource>(
 ) -> Report {
     let report = Report::new(local.root_hash());
     let subject = Subject { tree: &setup.name, peer: &request.peer };
-    progress(events, "status", 0, 0);
+    progress(events, "checking the source", 0, 0);
     let status = match peer.status().await {
         Ok(status) => status,
         Err(e) => return report.ending(Outcome::Failed(format!("cannot get {}'s status: {e}", request.peer))),
