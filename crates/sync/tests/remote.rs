@@ -408,3 +408,19 @@ fn a_peer_that_is_not_serving_or_not_ready_is_refused_before_planning() {
         assert_eq!(peer.read_dirs.load(Ordering::Relaxed), 0);
     }
 }
+
+#[test]
+fn a_peer_symlink_pointing_outside_is_copied_as_a_link_and_never_written_through() {
+    let receiver = receiver();
+    let source = source_tree();
+    // The peer serves a symlink to a directory outside any tree, and files next to
+    // it; a receiver that followed links while writing would write outside.
+    std::os::unix::fs::symlink(&receiver.outside, source.path().join("escape")).unwrap();
+    write(source.path(), "escape-sibling/file.php", b"<?php\n");
+    let peer = MemoryPeer::of(source.path());
+    let report = run(&peer, &receiver, &request());
+    assert!(matches!(report.outcome, Outcome::Applied), "{:?}", report.outcome);
+    assert_eq!(fs::read_dir(&receiver.outside).unwrap().count(), 0, "nothing written outside the root");
+    assert_eq!(fs::read_link(receiver.root.join("escape")).unwrap(), receiver.outside, "faithful copy of the link");
+    assert_eq!(receiver.manifest().root_hash(), peer.manifest.root_hash());
+}
