@@ -345,8 +345,13 @@ noop_and_status() {
     r=$(measure "${p}_noop_sync" "$warm" "$q_ctl --admin-socket $q_sock sync --from ${d_peer[$rcv]} --json > /dev/null") || exit 1
     read -r "med[${p}_noop]" "lo[${p}_noop]" "hi[${p}_noop]" <<<"$r"
     ctl_of "$rcv" status --json >"$BENCH_OUT/${p}_status.json" || die "status failed ($p)"
-    [[ $(jget "$BENCH_OUT/${p}_status.json" 'j["trees"][0]["last_sync"]["result"]') == nothing-to-do* ]] ||
-        die "the last timed no-op sync ($p) did not end nothing-to-do: $BENCH_OUT/${p}_status.json"
+    # README documents last_sync.result `nothing-to-do`; this daemon reports `nothing_to_do`: accept
+    # both (the figure does not depend on it), warn about the undocumented spelling.
+    local last
+    last=$(jget "$BENCH_OUT/${p}_status.json" 'j["trees"][0]["last_sync"]["result"]')
+    [[ $last == nothing-to-do* || $last == nothing_to_do* ]] ||
+        die "the last timed no-op sync ($p) did not end nothing-to-do (last_sync.result '$last'): $BENCH_OUT/${p}_status.json"
+    [[ $last == nothing-to-do* ]] || log "warning: status --json trees[0].last_sync.result is '$last', README documents 'nothing-to-do'"
     r=$(measure "${p}_status" "$warm" "$q_ctl --admin-socket $q_sock status --json > /dev/null") || exit 1
     read -r "med[${p}_status]" "lo[${p}_status]" "hi[${p}_status]" <<<"$r"
     noop_cmd_desc="stagingctl --admin-socket SOCK_B sync --from a --json"
@@ -500,9 +505,9 @@ print(f"| full copy to an empty master, vs rsync | {t(sd, sd_lo, sd_hi)} | rsync
 resc = f"; receiver's pre-sync rescan {float(rescan):.0f} ms (daemon log)" if rescan else "; receiver's rescan not found in the daemon log"
 print(f"| small change (100 modified, 50 added, 50 deleted) | {t(s_sd, s_sd_lo, s_sd_hi)}{resc} | rsync daemon: {t(s_rs, s_rs_lo, s_rs_hi)} | {s_rs / s_sd:.2f}× (rsync / stagingd) | ≥ 10× — {verdict(s_rs / s_sd >= 10)} |")
 print(f"| no-op sync between equal masters, {nfiles:,} files | {ms(*noop_b)} | — | — | < 50 ms — {verdict(noop_b[0] < 0.05)} |")
-print(f"| no-op sync between equal masters, {$small_tree_files:,} files | {ms(*noop_s)} | — | {noop_b[0] / noop_s[0]:.1f}× ({nfiles:,} / {$small_tree_files:,} files) | < 50 ms, independent of size — {verdict(noop_s[0] < 0.05 and noop_b[0] < 0.05)} |")
+print(f"| no-op sync between equal masters, {$small_tree_files:,} files | {ms(*noop_s)} | — | {noop_b[0] / noop_s[0]:.1f}× (time at {nfiles:,} / time at {$small_tree_files:,} files) | < 50 ms, independent of size — {verdict(noop_s[0] < 0.05 and noop_b[0] < 0.05)} |")
 print(f"| \`stagingctl status --json\`, {nfiles:,} files | {ms(*stat_b)} | — | — | < 50 ms — {verdict(stat_b[0] < 0.05)} |")
-print(f"| \`stagingctl status --json\`, {$small_tree_files:,} files | {ms(*stat_s)} | — | {stat_b[0] / stat_s[0]:.1f}× ({nfiles:,} / {$small_tree_files:,} files) | < 50 ms, independent of size — {verdict(stat_s[0] < 0.05 and stat_b[0] < 0.05)} |")
+print(f"| \`stagingctl status --json\`, {$small_tree_files:,} files | {ms(*stat_s)} | — | {stat_b[0] / stat_s[0]:.1f}× (time at {nfiles:,} / time at {$small_tree_files:,} files) | < 50 ms, independent of size — {verdict(stat_s[0] < 0.05 and stat_b[0] < 0.05)} |")
 print(f"| new branch: bytes fetched | {branch['bytes_fetched']:,} B fetched, {branch['bytes_copied_locally']:,} B copied locally ({$branch_time:.3f} s) "
       f"| {nb['new_bytes']:,} B in {nb['new_files']:,} new files; {nb['copied_bytes']:,} B in {nb['copied_files']:,} copied files "
       f"| {branch['bytes_fetched'] / nb['new_bytes']:.3f} (fetched / new) | ≈ 1 — {verdict(0.9 <= branch['bytes_fetched'] / nb['new_bytes'] <= 1.1)} |")
