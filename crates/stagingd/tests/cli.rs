@@ -37,7 +37,8 @@ fn configuration_errors_exit_2_and_say_what_to_fix() {
         (&["--name", "n", "--root", "{dir}", "--max-delete-ratio", "7"], "max_delete_ratio"),
         (&["--name", "n", "--root", "{dir}", "--listen", "0.0.0.0:7420"], "without TLS"),
     ];
-    let root = dir.path().display().to_string();
+    std::fs::create_dir(dir.path().join("tree")).unwrap();
+    let root = dir.path().join("tree").display().to_string();
     for (args, expected) in cases {
         let args: Vec<String> = args.iter().map(|a| a.replace("{dir}", &root)).collect();
         let output = stagingd().args(&args).arg("--state-dir").arg(dir.path().join("state")).output().unwrap();
