@@ -3,32 +3,16 @@
 //! socket in a temp dir) returning canned answers. The real daemon and its
 //! end-to-end scenarios are tested in the workspace's `tests/`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::{Arc, Mutex};
+mod common;
 
-use proto::v1::admin_server::{Admin, AdminServer};
+use std::path::PathBuf;
+
+use common::{Canned, FakeDaemon, run, stagingctl};
 use proto::v1::{
-    AdminStatusRequest, HistoryRequest, HistoryResponse, NodeStatus, PeerStatus, PeerView, PoolState, Readiness,
-    ReplicationPhase, ReplicationState, RollbackRequest, SetPoolStateRequest, SetPoolStateResponse,
-    SetReplicationRequest, SyncEvent, SyncRequest, TreeAgreement, TreeStatus, VerifyRequest, VerifyResponse,
-    WatchState,
+    NodeStatus, PeerStatus, PeerView, PoolState, Readiness, ReplicationPhase, ReplicationState, SetPoolStateRequest,
+    TreeAgreement, TreeStatus, WatchState,
 };
-use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
-use tonic::{Request, Response, Status};
-
-fn stagingctl() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_stagingctl"));
-    // The tests choose the socket; an operator's environment must not.
-    command.env_remove("STAGINGD_ADMIN_SOCKET");
-    command
-}
-
-fn run(command: &mut Command) -> (Option<i32>, String, String) {
-    let Output { status, stdout, stderr } = command.output().expect("stagingctl runs");
-    (status.code(), String::from_utf8_lossy(&stdout).into_owned(), String::from_utf8_lossy(&stderr).into_owned())
-}
+use tonic::Status;
 
 // ---------------------------------------------------------------------------
 // No daemon
@@ -115,116 +99,8 @@ fn a_daemon_that_never_answers_times_out() {
 }
 
 // ---------------------------------------------------------------------------
-// A fake daemon
+// Against a fake daemon
 // ---------------------------------------------------------------------------
-
-/// What the fake answers to `SetPoolState`.
-#[derive(Debug, Clone)]
-enum PoolReply {
-    /// Moves from `receive-only` to the state asked for.
-    Accept,
-    /// FAILED_PRECONDITION with this message.
-    Refuse(String),
-}
-
-#[derive(Debug, Clone)]
-struct FakeAdmin {
-    status: NodeStatus,
-    pool: PoolReply,
-    /// Every `SetPoolState` request received, for the tests to inspect.
-    pool_requests: Arc<Mutex<Vec<SetPoolStateRequest>>>,
-}
-
-type EventStream = tokio_stream::Empty<Result<SyncEvent, Status>>;
-
-#[tonic::async_trait]
-impl Admin for FakeAdmin {
-    async fn set_pool_state(
-        &self,
-        request: Request<SetPoolStateRequest>,
-    ) -> Result<Response<SetPoolStateResponse>, Status> {
-        let request = request.into_inner();
-        self.pool_requests.lock().unwrap().push(request.clone());
-        match &self.pool {
-            PoolReply::Accept => Ok(Response::new(SetPoolStateResponse {
-                previous: PoolState::ReceiveOnly as i32,
-                state: request.state,
-                message: "pooled as serve: bootstrap".into(),
-            })),
-            PoolReply::Refuse(message) => Err(Status::failed_precondition(message.clone())),
-        }
-    }
-
-    async fn get_status(&self, _request: Request<AdminStatusRequest>) -> Result<Response<NodeStatus>, Status> {
-        Ok(Response::new(self.status.clone()))
-    }
-
-    type SyncStream = EventStream;
-
-    async fn sync(&self, _request: Request<SyncRequest>) -> Result<Response<Self::SyncStream>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn history(&self, _request: Request<HistoryRequest>) -> Result<Response<HistoryResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    type RollbackStream = EventStream;
-
-    async fn rollback(&self, _request: Request<RollbackRequest>) -> Result<Response<Self::RollbackStream>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn verify(&self, _request: Request<VerifyRequest>) -> Result<Response<VerifyResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn set_replication(
-        &self,
-        _request: Request<SetReplicationRequest>,
-    ) -> Result<Response<ReplicationState>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-}
-
-/// A fake daemon serving on `<tempdir>/admin.sock` until dropped.
-#[derive(Debug)]
-struct FakeDaemon {
-    // Field order is drop order: stop the server before removing its directory.
-    _runtime: tokio::runtime::Runtime,
-    _dir: tempfile::TempDir,
-    socket: PathBuf,
-    pool_requests: Arc<Mutex<Vec<SetPoolStateRequest>>>,
-}
-
-impl FakeDaemon {
-    fn start(status: NodeStatus, pool: PoolReply) -> FakeDaemon {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("admin.sock");
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let pool_requests = Arc::new(Mutex::new(Vec::new()));
-        let admin = FakeAdmin { status, pool, pool_requests: Arc::clone(&pool_requests) };
-        // Bound before the server task starts, so the socket exists as soon as
-        // `start` returns and no test has to wait for it.
-        let listener = runtime.block_on(async { UnixListener::bind(&socket) }).unwrap();
-        runtime.spawn(
-            tonic::transport::Server::builder()
-                .add_service(AdminServer::new(admin))
-                .serve_with_incoming(UnixListenerStream::new(listener)),
-        );
-        FakeDaemon { _runtime: runtime, _dir: dir, socket, pool_requests }
-    }
-
-    fn socket(&self) -> &Path {
-        &self.socket
-    }
-
-    fn stagingctl(&self) -> Command {
-        let mut command = stagingctl();
-        command.arg("--admin-socket").arg(self.socket());
-        command
-    }
-}
 
 fn tree(name: &str, root_byte: u8) -> TreeStatus {
     TreeStatus {
@@ -288,7 +164,7 @@ fn node(root_byte: u8, peers: Vec<PeerView>) -> NodeStatus {
 }
 
 fn check(status: NodeStatus) -> (Option<i32>, String) {
-    let daemon = FakeDaemon::start(status, PoolReply::Accept);
+    let daemon = FakeDaemon::start(Canned { status, ..Canned::default() });
     let (code, stdout, stderr) = run(daemon.stagingctl().args(["status", "--check"]));
     assert_eq!(stderr, "");
     assert_eq!(stdout.lines().count(), 1, "exactly one line: {stdout}");
@@ -328,7 +204,10 @@ fn check_is_critical_when_serving_masters_differ() {
 
 #[test]
 fn status_json_is_the_documented_document() {
-    let daemon = FakeDaemon::start(node(0xab, vec![serving_peer("deploy2002", 0xcd, 0xab)]), PoolReply::Accept);
+    let daemon = FakeDaemon::start(Canned {
+        status: node(0xab, vec![serving_peer("deploy2002", 0xcd, 0xab)]),
+        ..Canned::default()
+    });
     let (code, stdout, stderr) = run(daemon.stagingctl().args(["status", "--json"]));
     assert_eq!(code, Some(0), "{stderr}");
     let doc: serde_json::Value = serde_json::from_str(&stdout).expect("valid JSON");
@@ -360,7 +239,10 @@ fn status_json_is_the_documented_document() {
 
 #[test]
 fn status_table_names_the_node_and_its_trees() {
-    let daemon = FakeDaemon::start(node(0xab, vec![serving_peer("deploy2002", 0xab, 0xab)]), PoolReply::Accept);
+    let daemon = FakeDaemon::start(Canned {
+        status: node(0xab, vec![serving_peer("deploy2002", 0xab, 0xab)]),
+        ..Canned::default()
+    });
     let (code, stdout, stderr) = run(daemon.stagingctl().arg("status"));
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.starts_with("node         deploy1002 (stagingd 0.1.0"), "{stdout}");
@@ -370,7 +252,7 @@ fn status_table_names_the_node_and_its_trees() {
 
 #[test]
 fn pool_change_prints_the_transition_and_records_who_and_why() {
-    let daemon = FakeDaemon::start(node(0xab, Vec::new()), PoolReply::Accept);
+    let daemon = FakeDaemon::start(Canned { status: node(0xab, Vec::new()), ..Canned::default() });
     let (code, stdout, stderr) = run(daemon.stagingctl().env("SUDO_USER", "carol").args([
         "pool",
         "serve",
@@ -380,9 +262,8 @@ fn pool_change_prints_the_transition_and_records_who_and_why() {
     ]));
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(stdout, "deploy1002: receive-only → serve (reason: first master)\n  pooled as serve: bootstrap\n");
-    let requests = daemon.pool_requests.lock().unwrap().clone();
     assert_eq!(
-        requests,
+        daemon.seen().pool,
         [SetPoolStateRequest {
             state: PoolState::Serve as i32,
             reason: "first master".into(),
@@ -396,7 +277,11 @@ fn pool_change_prints_the_transition_and_records_who_and_why() {
 fn pool_refused_by_the_daemon_exits_3_with_its_hint() {
     let refusal = "no reachable serving peer has this node's root for tree staging\n\
                    hint: stagingctl sync --from deploy2002, then stagingctl pool serve";
-    let daemon = FakeDaemon::start(node(0xab, Vec::new()), PoolReply::Refuse(refusal.into()));
+    let daemon = FakeDaemon::start(Canned {
+        status: node(0xab, Vec::new()),
+        pool_refusal: Some(Status::failed_precondition(refusal)),
+        ..Canned::default()
+    });
     let (code, stdout, stderr) = run(daemon.stagingctl().args(["pool", "serve", "--reason", "r"]));
     assert_eq!(code, Some(3), "{stdout}{stderr}");
     assert_eq!(stdout, "");
@@ -409,7 +294,11 @@ fn pool_refused_by_the_daemon_exits_3_with_its_hint() {
 
 #[test]
 fn pool_refused_without_a_hint_gets_one() {
-    let daemon = FakeDaemon::start(node(0xab, Vec::new()), PoolReply::Refuse("no serving peer matches".into()));
+    let daemon = FakeDaemon::start(Canned {
+        status: node(0xab, Vec::new()),
+        pool_refusal: Some(Status::failed_precondition("no serving peer matches")),
+        ..Canned::default()
+    });
     let (code, _, stderr) = run(daemon.stagingctl().args(["pool", "serve"]));
     assert_eq!(code, Some(3), "{stderr}");
     assert!(stderr.starts_with("error: no serving peer matches\nhint: make the tree match a serving peer"), "{stderr}");

@@ -4,144 +4,20 @@
 //! daemon does is tested in the workspace's `tests/`; here: what stagingctl
 //! sends, prints and exits with.
 
-use std::path::PathBuf;
-use std::pin::Pin;
-use std::process::{Command, Output};
-use std::sync::{Arc, Mutex};
+mod common;
 
-use proto::v1::admin_server::{Admin, AdminServer};
+use common::{Canned, FakeDaemon, run};
 use proto::v1::{
-    AdminStatusRequest, EntryKind, HistoryRequest, HistoryResponse, Mismatch, NodeStatus, PlanItem, Progress,
-    RecordKind, ReplicationState, RollbackRequest, SetPoolStateRequest, SetPoolStateResponse, SetReplicationRequest,
-    SyncCounts, SyncEvent, SyncOutcome, SyncRecord, SyncRequest, TreeResult, VerifyRequest, VerifyResponse,
-    VerifyResult, sync_event,
+    EntryKind, HistoryRequest, Mismatch, PlanItem, Progress, RecordKind, RollbackRequest, SyncCounts, SyncEvent,
+    SyncOutcome, SyncRecord, SyncRequest, TreeResult, VerifyRequest, VerifyResult, sync_event,
 };
-use tokio::net::UnixListener;
-use tokio_stream::Stream;
-use tokio_stream::wrappers::UnixListenerStream;
-use tonic::{Request, Response, Status};
-
-/// What the fake answers to `Sync` and `Rollback`: an error before any event,
-/// or these items (an `Err` item breaks the stream there).
-#[derive(Debug, Clone)]
-enum Reply {
-    Refuse(Status),
-    Stream(Vec<Result<SyncEvent, Status>>),
-}
-
-#[derive(Debug, Clone, Default)]
-struct Seen {
-    sync: Vec<SyncRequest>,
-    rollback: Vec<RollbackRequest>,
-    history: Vec<HistoryRequest>,
-    verify: Vec<VerifyRequest>,
-}
-
-#[derive(Debug, Clone)]
-struct FakeAdmin {
-    reply: Reply,
-    history: Vec<SyncRecord>,
-    verify: Vec<VerifyResult>,
-    seen: Arc<Mutex<Seen>>,
-}
-
-type EventStream = Pin<Box<dyn Stream<Item = Result<SyncEvent, Status>> + Send>>;
-
-impl FakeAdmin {
-    fn events(&self) -> Result<Response<EventStream>, Status> {
-        match &self.reply {
-            Reply::Refuse(status) => Err(status.clone()),
-            Reply::Stream(items) => Ok(Response::new(Box::pin(tokio_stream::iter(items.clone())))),
-        }
-    }
-}
-
-#[tonic::async_trait]
-impl Admin for FakeAdmin {
-    async fn set_pool_state(
-        &self,
-        _request: Request<SetPoolStateRequest>,
-    ) -> Result<Response<SetPoolStateResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn get_status(&self, _request: Request<AdminStatusRequest>) -> Result<Response<NodeStatus>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    type SyncStream = EventStream;
-
-    async fn sync(&self, request: Request<SyncRequest>) -> Result<Response<Self::SyncStream>, Status> {
-        self.seen.lock().unwrap().sync.push(request.into_inner());
-        self.events()
-    }
-
-    async fn history(&self, request: Request<HistoryRequest>) -> Result<Response<HistoryResponse>, Status> {
-        self.seen.lock().unwrap().history.push(request.into_inner());
-        Ok(Response::new(HistoryResponse { records: self.history.clone() }))
-    }
-
-    type RollbackStream = EventStream;
-
-    async fn rollback(&self, request: Request<RollbackRequest>) -> Result<Response<Self::RollbackStream>, Status> {
-        self.seen.lock().unwrap().rollback.push(request.into_inner());
-        self.events()
-    }
-
-    async fn verify(&self, request: Request<VerifyRequest>) -> Result<Response<VerifyResponse>, Status> {
-        self.seen.lock().unwrap().verify.push(request.into_inner());
-        Ok(Response::new(VerifyResponse { results: self.verify.clone() }))
-    }
-
-    async fn set_replication(
-        &self,
-        _request: Request<SetReplicationRequest>,
-    ) -> Result<Response<ReplicationState>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-}
-
-/// A fake daemon serving on `<tempdir>/admin.sock` until dropped.
-#[derive(Debug)]
-struct FakeDaemon {
-    // Field order is drop order: stop the server before removing its directory.
-    _runtime: tokio::runtime::Runtime,
-    _dir: tempfile::TempDir,
-    socket: PathBuf,
-    seen: Arc<Mutex<Seen>>,
-}
+use tonic::Status;
 
 impl FakeDaemon {
-    fn start(reply: Reply) -> FakeDaemon {
-        FakeDaemon::with(reply, Vec::new(), Vec::new())
-    }
-
-    fn with(reply: Reply, history: Vec<SyncRecord>, verify: Vec<VerifyResult>) -> FakeDaemon {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("admin.sock");
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let seen = Arc::new(Mutex::new(Seen::default()));
-        let admin = FakeAdmin { reply, history, verify, seen: Arc::clone(&seen) };
-        let listener = runtime.block_on(async { UnixListener::bind(&socket) }).unwrap();
-        runtime.spawn(
-            tonic::transport::Server::builder()
-                .add_service(AdminServer::new(admin))
-                .serve_with_incoming(UnixListenerStream::new(listener)),
-        );
-        FakeDaemon { _runtime: runtime, _dir: dir, socket, seen }
-    }
-
     /// Runs `stagingctl --admin-socket <fake> ARGS` as operator `carol`;
     /// returns (exit code, stdout, stderr).
     fn run(&self, args: &[&str]) -> (Option<i32>, String, String) {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_stagingctl"));
-        command.env_remove("STAGINGD_ADMIN_SOCKET").env("SUDO_USER", "carol").arg("--admin-socket").arg(&self.socket);
-        let Output { status, stdout, stderr } = command.args(args).output().expect("stagingctl runs");
-        (status.code(), String::from_utf8_lossy(&stdout).into_owned(), String::from_utf8_lossy(&stderr).into_owned())
-    }
-
-    fn seen(&self) -> Seen {
-        self.seen.lock().unwrap().clone()
+        run(self.stagingctl().env("SUDO_USER", "carol").args(args))
     }
 }
 
@@ -204,7 +80,7 @@ fn dry_run_events() -> Vec<Result<SyncEvent, Status>> {
 
 #[test]
 fn dry_run_prints_the_plan_and_its_id_and_exits_0() {
-    let daemon = FakeDaemon::start(Reply::Stream(dry_run_events()));
+    let daemon = FakeDaemon::start(Canned { events: dry_run_events(), ..Canned::default() });
     let (code, stdout, stderr) = daemon.run(&["sync", "--from", "deploy2002", "--tree", "staging", "--dry-run"]);
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert_eq!(
@@ -237,7 +113,7 @@ fn dry_run_prints_the_plan_and_its_id_and_exits_0() {
 
 #[test]
 fn diff_is_sync_dry_run() {
-    let daemon = FakeDaemon::start(Reply::Stream(dry_run_events()));
+    let daemon = FakeDaemon::start(Canned { events: dry_run_events(), ..Canned::default() });
     let (code, stdout, _) = daemon.run(&["diff", "--from", "deploy2002"]);
     assert_eq!(code, Some(0), "{stdout}");
     assert!(stdout.contains("\nplan id: 0123456789abcdef\n"), "{stdout}");
@@ -256,7 +132,10 @@ fn every_flag_goes_into_the_request() {
             c.bytes_copied_locally = 1024;
         }
     });
-    let daemon = FakeDaemon::start(Reply::Stream(vec![progress("fetching", 1), progress("switching", 3), applied]));
+    let daemon = FakeDaemon::start(Canned {
+        events: vec![progress("fetching", 1), progress("switching", 3), applied],
+        ..Canned::default()
+    });
     let (code, stdout, stderr) = daemon.run(&[
         "sync",
         "--from",
@@ -293,7 +172,7 @@ fn every_flag_goes_into_the_request() {
 
 #[test]
 fn a_malformed_plan_id_is_a_usage_error() {
-    let daemon = FakeDaemon::start(Reply::Stream(Vec::new()));
+    let daemon = FakeDaemon::start(Canned::default());
     let (code, _, stderr) = daemon.run(&["sync", "--from", "deploy2002", "--confirm", "xyz"]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("16 hex digits"), "{stderr}");
@@ -307,7 +186,7 @@ fn a_refusal_exits_3_naming_the_guard_and_the_command_that_proceeds() {
         r.message = "the plan deletes 12,000 of 150,000 files (8.0%), over the 5% threshold".into();
         r.hint = "stagingctl sync --from deploy2002 --tree staging --confirm 0123456789abcdef".into();
     });
-    let daemon = FakeDaemon::start(Reply::Stream(vec![refused]));
+    let daemon = FakeDaemon::start(Canned { events: vec![refused], ..Canned::default() });
     let (code, stdout, stderr) = daemon.run(&["sync", "--from", "deploy2002"]);
     assert_eq!(code, Some(3), "{stdout}{stderr}");
     assert_eq!(stdout, "");
@@ -326,19 +205,22 @@ fn a_refusal_beats_a_failure_and_a_failure_beats_success() {
             r.message = format!("{name} went {outcome:?}");
         })
     };
-    let daemon = FakeDaemon::start(Reply::Stream(vec![
-        tree("patches", SyncOutcome::Failed),
-        tree("staging", SyncOutcome::Applied),
-        tree("values", SyncOutcome::Refused),
-    ]));
+    let daemon = FakeDaemon::start(Canned {
+        events: vec![
+            tree("patches", SyncOutcome::Failed),
+            tree("staging", SyncOutcome::Applied),
+            tree("values", SyncOutcome::Refused),
+        ],
+        ..Canned::default()
+    });
     let (code, _, stderr) = daemon.run(&["sync", "--from", "deploy2002"]);
     assert_eq!(code, Some(3), "{stderr}");
     assert_eq!(stderr, "patches: FAILED: patches went Failed\nvalues: REFUSED: values went Refused\n");
 
-    let daemon = FakeDaemon::start(Reply::Stream(vec![
-        tree("patches", SyncOutcome::Failed),
-        tree("staging", SyncOutcome::NothingToDo),
-    ]));
+    let daemon = FakeDaemon::start(Canned {
+        events: vec![tree("patches", SyncOutcome::Failed), tree("staging", SyncOutcome::NothingToDo)],
+        ..Canned::default()
+    });
     let (code, stdout, _) = daemon.run(&["sync", "--from", "deploy2002"]);
     assert_eq!(code, Some(1));
     assert_eq!(stdout, "staging: already in sync with deploy2002 (root abababababab)\n");
@@ -351,7 +233,7 @@ fn a_failure_exits_1_with_the_daemons_hint() {
                      hint: retry; if it persists, check deploy2002's disk"
             .into();
     });
-    let daemon = FakeDaemon::start(Reply::Stream(vec![failed]));
+    let daemon = FakeDaemon::start(Canned { events: vec![failed], ..Canned::default() });
     let (code, stdout, stderr) = daemon.run(&["sync", "--from", "deploy2002", "--reason", "r"]);
     assert_eq!(code, Some(1), "{stdout}{stderr}");
     assert_eq!(
@@ -363,8 +245,10 @@ fn a_failure_exits_1_with_the_daemons_hint() {
 
 #[test]
 fn errors_before_the_stream_exit_1_with_a_hint() {
-    let daemon =
-        FakeDaemon::start(Reply::Refuse(Status::not_found("no peer named deploy9999; configured: deploy2002")));
+    let daemon = FakeDaemon::start(Canned {
+        stream_refusal: Some(Status::not_found("no peer named deploy9999; configured: deploy2002")),
+        ..Canned::default()
+    });
     let (code, stdout, stderr) = daemon.run(&["sync", "--from", "deploy9999"]);
     assert_eq!(code, Some(1), "{stdout}{stderr}");
     assert_eq!(
@@ -373,9 +257,12 @@ fn errors_before_the_stream_exit_1_with_a_hint() {
          hint: `stagingctl status` lists the configured peers and this node's trees\n"
     );
 
-    let daemon = FakeDaemon::start(Reply::Refuse(Status::invalid_argument(
-        "this node has several trees: patches, staging\nhint: stagingctl rollback --tree staging",
-    )));
+    let daemon = FakeDaemon::start(Canned {
+        stream_refusal: Some(Status::invalid_argument(
+            "this node has several trees: patches, staging\nhint: stagingctl rollback --tree staging",
+        )),
+        ..Canned::default()
+    });
     let (code, _, stderr) = daemon.run(&["rollback"]);
     assert_eq!(code, Some(1), "{stderr}");
     assert_eq!(
@@ -387,10 +274,13 @@ fn errors_before_the_stream_exit_1_with_a_hint() {
 
 #[test]
 fn a_broken_stream_exits_1_after_what_came_through() {
-    let daemon = FakeDaemon::start(Reply::Stream(vec![
-        result(SyncOutcome::NothingToDo, |r| r.tree = "patches".into()),
-        Err(Status::internal("planner crashed")),
-    ]));
+    let daemon = FakeDaemon::start(Canned {
+        events: vec![
+            result(SyncOutcome::NothingToDo, |r| r.tree = "patches".into()),
+            Err(Status::internal("planner crashed")),
+        ],
+        ..Canned::default()
+    });
     let (code, stdout, stderr) = daemon.run(&["sync", "--from", "deploy2002"]);
     assert_eq!(code, Some(1), "{stdout}{stderr}");
     assert_eq!(stdout, "patches: already in sync with deploy2002 (root abababababab)\n");
@@ -400,7 +290,7 @@ fn a_broken_stream_exits_1_after_what_came_through() {
     );
 
     // Ending without any result is not success either.
-    let daemon = FakeDaemon::start(Reply::Stream(vec![progress("planning", 0)]));
+    let daemon = FakeDaemon::start(Canned { events: vec![progress("planning", 0)], ..Canned::default() });
     let (code, _, stderr) = daemon.run(&["sync", "--from", "deploy2002", "--json"]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("error: stagingd ended the stream without a result\n"), "{stderr}");
@@ -408,7 +298,7 @@ fn a_broken_stream_exits_1_after_what_came_through() {
 
 #[test]
 fn sync_json_is_one_document() {
-    let daemon = FakeDaemon::start(Reply::Stream(dry_run_events()));
+    let daemon = FakeDaemon::start(Canned { events: dry_run_events(), ..Canned::default() });
     let (code, stdout, stderr) = daemon.run(&["diff", "--from", "deploy2002", "--json"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(stderr, "", "no progress with --json");
@@ -435,10 +325,13 @@ fn sync_json_is_one_document() {
     assert_eq!(plan[3]["path"], "old/\\u{1b}[31mred");
 
     // A refusal: exit 3, and still only JSON on stdout.
-    let daemon = FakeDaemon::start(Reply::Stream(vec![result(SyncOutcome::Refused, |r| {
-        r.guard = "source-behind".into();
-        r.hint = "stagingctl sync --from deploy2002 --tree staging --allow-behind".into();
-    })]));
+    let daemon = FakeDaemon::start(Canned {
+        events: vec![result(SyncOutcome::Refused, |r| {
+            r.guard = "source-behind".into();
+            r.hint = "stagingctl sync --from deploy2002 --tree staging --allow-behind".into();
+        })],
+        ..Canned::default()
+    });
     let (code, stdout, stderr) = daemon.run(&["sync", "--from", "deploy2002", "--json"]);
     assert_eq!(code, Some(3), "{stderr}");
     assert_eq!(stderr, "");
@@ -455,7 +348,7 @@ fn rollback_sends_who_why_and_target_and_renders_like_sync() {
         r.root_before = vec![0xcd; 32];
         r.root_after = vec![0xab; 32];
     });
-    let daemon = FakeDaemon::start(Reply::Stream(vec![undone]));
+    let daemon = FakeDaemon::start(Canned { events: vec![undone], ..Canned::default() });
     let (code, stdout, stderr) =
         daemon.run(&["rollback", "--tree", "staging", "--to", "s1714550000-0123456789abcdef", "--reason", "bad train"]);
     assert_eq!(code, Some(0), "{stderr}");
@@ -474,10 +367,13 @@ fn rollback_sends_who_why_and_target_and_renders_like_sync() {
         }]
     );
 
-    let daemon = FakeDaemon::start(Reply::Stream(vec![result(SyncOutcome::Refused, |r| {
-        r.guard = "lock".into();
-        r.message = "tree is busy: sync by alice since 2024-05-01T10:00:00Z".into();
-    })]));
+    let daemon = FakeDaemon::start(Canned {
+        events: vec![result(SyncOutcome::Refused, |r| {
+            r.guard = "lock".into();
+            r.message = "tree is busy: sync by alice since 2024-05-01T10:00:00Z".into();
+        })],
+        ..Canned::default()
+    });
     let (code, _, stderr) = daemon.run(&["rollback"]);
     assert_eq!(code, Some(3), "{stderr}");
     assert_eq!(stderr, "staging: REFUSED by guard lock: tree is busy: sync by alice since 2024-05-01T10:00:00Z\n");
@@ -507,7 +403,7 @@ fn history_json_is_an_array_newest_first() {
         record("r1714557700-fedcba9876543210", RecordKind::Rollback, 1_714_557_700),
         record("s1714557600-0123456789abcdef", RecordKind::Sync, 1_714_557_600),
     ];
-    let daemon = FakeDaemon::with(Reply::Stream(Vec::new()), records, Vec::new());
+    let daemon = FakeDaemon::start(Canned { history: records, ..Canned::default() });
     let (code, stdout, stderr) = daemon.run(&["history", "--tree", "staging", "--limit", "2", "--json"]);
     assert_eq!(code, Some(0), "{stderr}");
     let doc: serde_json::Value = serde_json::from_str(&stdout).expect("valid JSON");
@@ -546,7 +442,7 @@ fn verify_lists_mismatches_and_exits_1() {
             }],
         },
     ];
-    let daemon = FakeDaemon::with(Reply::Stream(Vec::new()), Vec::new(), results);
+    let daemon = FakeDaemon::start(Canned { verify: results, ..Canned::default() });
     let (code, stdout, stderr) = daemon.run(&["verify"]);
     assert_eq!(code, Some(1), "{stdout}{stderr}");
     assert_eq!(
@@ -559,7 +455,7 @@ fn verify_lists_mismatches_and_exits_1() {
     assert_eq!(daemon.seen().verify, [VerifyRequest { tree: String::new() }]);
 
     let clean = vec![VerifyResult { tree: "staging".into(), files_checked: 3, bytes_checked: 3, mismatches: vec![] }];
-    let daemon = FakeDaemon::with(Reply::Stream(Vec::new()), Vec::new(), clean);
+    let daemon = FakeDaemon::start(Canned { verify: clean, ..Canned::default() });
     let (code, stdout, stderr) = daemon.run(&["verify", "--tree", "staging", "--json"]);
     assert_eq!(code, Some(0), "{stderr}");
     let doc: serde_json::Value = serde_json::from_str(&stdout).expect("valid JSON");
