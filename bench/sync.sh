@@ -84,6 +84,7 @@ bin_dir=${CARGO_TARGET_DIR:-$repo/target}/release
 stagingd=$bin_dir/stagingd
 ctl=$bin_dir/stagingctl
 [[ -x $stagingd && -x $ctl ]] || die "binaries not found in $bin_dir"
+commit=$(commit_desc "$repo") # now: others may commit while this runs
 
 # 3. reference trees (generated once per N, then reused; never modified: the copies the daemons
 #    serve are `cp -al` hard-link copies, and every change to them is write-to-temp + rename)
@@ -470,7 +471,6 @@ fi
 [[ $(manifest_root "$tree") == "$ref_root" ]] || die "the reference tree $tree changed during the run"
 
 # --- 5. report --------------------------------------------------------------------------------
-commit=$(commit_desc "$repo")
 ncpu=$(nproc)
 q_tree=$(printf %q "$tree")
 python3 - <<EOF
@@ -514,10 +514,10 @@ print(f"| new branch: bytes fetched | {branch['bytes_fetched']:,} B fetched, {br
 print(f"| peak RSS, source daemon a (after the full copies) | {rss_a / 1024:,.1f} MiB | {nfiles:,} files | {rss_a * 1024 / nfiles:,.0f} bytes/file | ≤ 300 bytes/file — {verdict(rss_a * 1024 / nfiles <= 300)} |")
 print(f"| peak RSS, receiver daemon b (after a full copy) | {rss_b / 1024:,.1f} MiB | {nfiles:,} files | {rss_b * 1024 / nfiles:,.0f} bytes/file | ≤ 300 bytes/file — {verdict(rss_b * 1024 / nfiles <= 300)} |")
 print()
-print(f"- machine: \`nproc\` = $ncpu; date: $(date -u '+%Y-%m-%d %H:%M UTC'); commit: $commit (stagingd and stagingctl built by this script with \`cargo build --release -p stagingd -p stagingctl\`); $(rsync --version | head -n 1 | awk '{print $1, $2, $3}'), $(tar --version | head -n 1).")
+print(f"- machine: \`nproc\` = $ncpu; date: $(date -u '+%Y-%m-%d %H:%M UTC'); commit: $commit at build time (stagingd and stagingctl built by this script with \`cargo build --release -p stagingd -p stagingctl\`); $(rsync --version | head -n 1 | awk '{print $1, $2, $3}'), $(tar --version | head -n 1).")
 print(f"- tree: \`gen_tree.py --files $files --seed $seed\` → {nfiles:,} files, {nbytes:,} bytes ({nbytes / 1e9:.2f} GB); root $ref_root. Both daemons, the rsync daemon and all copies on one filesystem, over 127.0.0.1.")
 print(f"- times: medians (min–max) of wall-clock seconds over $runs runs (steps 1, 2; step 4 is one run) and $ms_runs runs (step 3, $ms_timer_desc); the source tree's page cache is warmed right before each timed run (every file read with 8 readers, every entry stat'ed); for steps 2–4 the receiving trees are stat-walked too.")
-print(f"- full copy: before each run the previous copies (b's tree and state dir, rsync and tar destinations) are deleted, b is restarted on an empty tree, \`sync\`, then **a $settle s wait** (ext4 reuses just-deleted inodes slowly) before the three timed copies; \`sync\` after each copy (untimed). Daemon b is fresh for each run. Each stagingd copy is verified: offline manifest roots of a and b equal and \`rsync -naci --delete --exclude=/.stagingd A/ B/\` lists nothing; rsync and tar copies are verified too. Counts (run 1): {full}.")
+print(f"- full copy: before each run the previous copies (b's tree and state dir, rsync and tar destinations) are deleted, b is restarted on an empty tree, \`sync\`, then **a $settle s wait** (ext4 reuses just-deleted inodes slowly) before the three timed copies (stagingd first, then rsync, then tar: each starts ≥ $settle s after the deletion); \`sync\` after each copy (untimed). Daemon b is fresh for each run. Each stagingd copy is verified: offline manifest roots of a and b equal and \`rsync -naci --delete --exclude=/.stagingd A/ B/\` lists nothing; rsync and tar copies are verified too. Counts (run 1): {full}.")
 print(f"- small change: \`mutate_tree.py --modify 100 --add 50 --delete 50 --seed 1000+run\` on a's tree (cumulative; b and the rsync destination equal a's tree before each mutation), daemon a restarted and ready before timing; time = \`stagingctl sync --from a --json\` on b (includes b's rescan of its own tree) vs rsync from the daemon into its destination. Counts (run 1): {small[0]}. Receiver rescan = first \`scan complete … millis=\` line b logged during the sync (RUST_LOG=info), median over runs.")
 print(f"- new branch: \`cp -a\` of the largest top-level directory (\`$big\`, by bytes) to \`$new\` plus {nb['new_files']:,} new files of random bytes ({nb['new_files'] / nb['copied_files'] * 100:.1f}% of its files; sizes drawn from its files), a restarted; counts: {branch}.")
 print("- peak RSS: VmHWM from /proc/PID/status; a: after all full-copy runs (a served each of them); b: median over runs, read right after each full copy.")

@@ -49,6 +49,6 @@ pub use path::{PathError, RelPath};
 pub use plan::{Op, Plan, PlanError, PlanId, PlanTotals, diff};
 pub use scan::{Scan, ScanError, ScanOptions, ScanReport, SkipReason, Skipped, scan};
 pub use tree::{
-    DIR_HASH_CONTEXT, Dir, DirMeta, Entry, FileMeta, HashInput, Kind, Manifest, Node, Owner, StatKey, SymlinkMeta,
-    Timestamp, Totals, hash_listing,
+    Batch, DIR_HASH_CONTEXT, Dir, DirMeta, Entry, FileMeta, HashInput, Kind, Manifest, Node, Owner, StatKey,
+    SymlinkMeta, Timestamp, Totals, hash_listing,
 };

@@ -413,53 +413,56 @@ impl Manifest {
         if self.root_hash() != plan.from_root {
             return Err(PlanError::WrongBase { id: plan.id, expected: plan.from_root, actual: self.root_hash() });
         }
-        for op in &plan.ops {
-            let step = |why: &str| PlanError::Step { op: op.tag(), path: op.path().clone(), why: why.to_owned() };
-            match op {
-                Op::Delete { path, kind } => {
-                    match self.get(path) {
-                        Some(node) if node.kind() == *kind => {}
-                        _ => return Err(step("the entry to delete is not there")),
+        self.batch(|m| -> Result<(), PlanError> {
+            for op in &plan.ops {
+                let step = |why: &str| PlanError::Step { op: op.tag(), path: op.path().clone(), why: why.to_owned() };
+                match op {
+                    Op::Delete { path, kind } => {
+                        match m.get(path) {
+                            Some(node) if node.kind() == *kind => {}
+                            _ => return Err(step("the entry to delete is not there")),
+                        }
+                        m.remove(path, false)?;
                     }
-                    self.remove(path, false)?;
-                }
-                Op::MkDir { path, meta } => {
-                    if self.get(path).is_some() {
-                        return Err(step("something is already there"));
+                    Op::MkDir { path, meta } => {
+                        if m.get(path).is_some() {
+                            return Err(step("something is already there"));
+                        }
+                        m.insert(path, Node::Dir(Dir::empty(*meta)))?;
                     }
-                    self.insert(path, Node::Dir(Dir::empty(*meta)))?;
-                }
-                Op::WriteFile { path, file, replaces } => {
-                    match (self.get(path), replaces) {
-                        (None, false) | (Some(Node::File(_)), true) => {}
-                        _ => return Err(step("the path does not hold what the plan expects")),
+                    Op::WriteFile { path, file, replaces } => {
+                        match (m.get(path), replaces) {
+                            (None, false) | (Some(Node::File(_)), true) => {}
+                            _ => return Err(step("the path does not hold what the plan expects")),
+                        }
+                        m.insert(path, Node::File(file.clone()))?;
                     }
-                    self.insert(path, Node::File(file.clone()))?;
-                }
-                Op::SetFileMeta { path, file } => {
-                    let Some(Node::File(old)) = self.get(path) else {
-                        return Err(step("no file there"));
-                    };
-                    if old.hash != file.hash {
-                        return Err(step("the file's content is not what the plan expects"));
+                    Op::SetFileMeta { path, file } => {
+                        let Some(Node::File(old)) = m.get(path) else {
+                            return Err(step("no file there"));
+                        };
+                        if old.hash != file.hash {
+                            return Err(step("the file's content is not what the plan expects"));
+                        }
+                        m.insert(path, Node::File(file.clone()))?;
                     }
-                    self.insert(path, Node::File(file.clone()))?;
-                }
-                Op::Symlink { path, link, replaces } => {
-                    match (self.get(path), replaces) {
-                        (None, false) | (Some(Node::Symlink(_)), true) => {}
-                        _ => return Err(step("the path does not hold what the plan expects")),
+                    Op::Symlink { path, link, replaces } => {
+                        match (m.get(path), replaces) {
+                            (None, false) | (Some(Node::Symlink(_)), true) => {}
+                            _ => return Err(step("the path does not hold what the plan expects")),
+                        }
+                        m.insert(path, Node::Symlink(link.clone()))?;
                     }
-                    self.insert(path, Node::Symlink(link.clone()))?;
-                }
-                Op::SetDirMeta { path, meta, .. } => {
-                    if self.dir(path).is_none() {
-                        return Err(step("no directory there"));
+                    Op::SetDirMeta { path, meta, .. } => {
+                        if m.dir(path).is_none() {
+                            return Err(step("no directory there"));
+                        }
+                        m.set_dir_meta(path, *meta)?;
                     }
-                    self.set_dir_meta(path, *meta)?;
                 }
             }
-        }
+            Ok(())
+        })?;
         if self.root_hash() != plan.to_root {
             return Err(PlanError::WrongResult { id: plan.id, expected: plan.to_root, actual: self.root_hash() });
         }

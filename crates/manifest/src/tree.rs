@@ -9,6 +9,8 @@
 //!
 //! The exact hash encoding is documented in the crate root; it is a wire contract.
 
+use std::collections::BTreeSet;
+
 use crate::hash::Hash;
 use crate::path::{PathError, RelPath};
 
@@ -260,12 +262,13 @@ impl Dir {
         self.totals = totals;
     }
 
-    /// Runs `change` on the directory at `components` below this one, then refreshes
-    /// every directory on the way back up.
+    /// Runs `change` on the directory at `components` below this one, then (when
+    /// `refresh`) recomputes every directory on the way back up.
     fn with_dir_mut<R>(
         &mut self,
         full: &RelPath,
         components: &[&[u8]],
+        refresh: bool,
         change: impl FnOnce(&mut Dir) -> Result<R, TreeError>,
     ) -> Result<R, TreeError> {
         let result = match components.split_first() {
@@ -273,12 +276,14 @@ impl Dir {
             Some((first, rest)) => {
                 let index = self.position(first).map_err(|_| TreeError::ParentNotDir(full.clone()))?;
                 match &mut self.children[index].node {
-                    Node::Dir(child) => child.with_dir_mut(full, rest, change)?,
+                    Node::Dir(child) => child.with_dir_mut(full, rest, refresh, change)?,
                     _ => return Err(TreeError::ParentNotDir(full.clone())),
                 }
             }
         };
-        self.refresh();
+        if refresh {
+            self.refresh();
+        }
         Ok(result)
     }
 }
@@ -398,8 +403,12 @@ impl Manifest {
 
     /// Puts `node` at `path`, replacing what was there. The parent must exist.
     pub fn insert(&mut self, path: &RelPath, node: Node) -> Result<(), TreeError> {
+        self.insert_with(path, node, true)
+    }
+
+    fn insert_with(&mut self, path: &RelPath, node: Node, refresh: bool) -> Result<(), TreeError> {
         let (parents, name) = split_parent(path)?;
-        self.root.with_dir_mut(path, &parents, |dir| {
+        self.root.with_dir_mut(path, &parents, refresh, |dir| {
             match dir.position(name) {
                 Ok(i) => dir.children[i].node = node,
                 Err(i) => dir.children.insert(i, Entry { name: name.into(), node }),
@@ -410,8 +419,12 @@ impl Manifest {
 
     /// Removes the entry at `path`. A directory must be empty unless `recursive`.
     pub fn remove(&mut self, path: &RelPath, recursive: bool) -> Result<Node, TreeError> {
+        self.remove_with(path, recursive, true)
+    }
+
+    fn remove_with(&mut self, path: &RelPath, recursive: bool, refresh: bool) -> Result<Node, TreeError> {
         let (parents, name) = split_parent(path)?;
-        self.root.with_dir_mut(path, &parents, |dir| {
+        self.root.with_dir_mut(path, &parents, refresh, |dir| {
             let i = dir.position(name).map_err(|_| TreeError::NotFound(path.clone()))?;
             if let Node::Dir(d) = &dir.children[i].node
                 && !recursive
@@ -425,11 +438,52 @@ impl Manifest {
 
     /// Changes a directory's own metadata (the root's included).
     pub fn set_dir_meta(&mut self, path: &RelPath, meta: DirMeta) -> Result<(), TreeError> {
+        self.set_dir_meta_with(path, meta, true)
+    }
+
+    fn set_dir_meta_with(&mut self, path: &RelPath, meta: DirMeta, refresh: bool) -> Result<(), TreeError> {
         let components: Vec<&[u8]> = path.components().collect();
-        self.root.with_dir_mut(path, &components, |dir| {
+        self.root.with_dir_mut(path, &components, refresh, |dir| {
             dir.meta = meta;
             Ok(())
         })
+    }
+
+    /// Makes many changes, recomputing each touched directory's hash and totals
+    /// once at the end instead of after every change: filling a directory of k
+    /// entries one by one would otherwise rehash it k times. Lookups inside the
+    /// batch see the changes; hashes and totals are current again when it returns
+    /// (also when `changes` fails part way).
+    pub fn batch<R, E>(&mut self, changes: impl FnOnce(&mut Batch<'_>) -> Result<R, E>) -> Result<R, E> {
+        let mut batch = Batch { manifest: self, dirty: BTreeSet::new() };
+        let result = changes(&mut batch);
+        let Batch { manifest, dirty } = batch;
+        manifest.refresh_dirs(dirty);
+        result
+    }
+
+    /// Recomputes the directories at `dirty` and all their ancestors, deepest first.
+    fn refresh_dirs(&mut self, dirty: BTreeSet<RelPath>) {
+        let mut all: BTreeSet<RelPath> = BTreeSet::new();
+        for path in dirty {
+            let mut next = Some(path);
+            while let Some(path) = next {
+                next = path.parent();
+                if !all.insert(path) {
+                    break;
+                }
+            }
+        }
+        let mut ordered: Vec<RelPath> = all.into_iter().collect();
+        ordered.sort_by_key(|p| std::cmp::Reverse(p.depth()));
+        for path in ordered {
+            let components: Vec<&[u8]> = path.components().collect();
+            // A directory the batch removed has nothing left to recompute.
+            let _ = self.root.with_dir_mut(&path, &components, false, |dir| {
+                dir.refresh();
+                Ok(())
+            });
+        }
     }
 
     /// Every entry in depth-first, name order with its path; the root is not listed.
@@ -446,6 +500,42 @@ impl Manifest {
         let mut out = Vec::new();
         visit(&self.root, &RelPath::root(), &mut out);
         out
+    }
+}
+
+/// Changes to a manifest whose hashes are recomputed when the batch ends
+/// (see [`Manifest::batch`]).
+#[derive(Debug)]
+pub struct Batch<'m> {
+    manifest: &'m mut Manifest,
+    dirty: BTreeSet<RelPath>,
+}
+
+impl Batch<'_> {
+    pub fn get(&self, path: &RelPath) -> Option<&Node> {
+        self.manifest.get(path)
+    }
+
+    pub fn dir(&self, path: &RelPath) -> Option<&Dir> {
+        self.manifest.dir(path)
+    }
+
+    pub fn insert(&mut self, path: &RelPath, node: Node) -> Result<(), TreeError> {
+        self.manifest.insert_with(path, node, false)?;
+        self.dirty.insert(path.parent().unwrap_or_default());
+        Ok(())
+    }
+
+    pub fn remove(&mut self, path: &RelPath, recursive: bool) -> Result<Node, TreeError> {
+        let node = self.manifest.remove_with(path, recursive, false)?;
+        self.dirty.insert(path.parent().unwrap_or_default());
+        Ok(node)
+    }
+
+    pub fn set_dir_meta(&mut self, path: &RelPath, meta: DirMeta) -> Result<(), TreeError> {
+        self.manifest.set_dir_meta_with(path, meta, false)?;
+        self.dirty.insert(path.parent().unwrap_or_default());
+        Ok(())
     }
 }
 

@@ -536,60 +536,79 @@ fn verify(tree: &TreeRoot, plan: &Plan, mut target: Manifest) -> Result<Manifest
         plan.ops.iter().map(Op::path).filter(|p| seen.insert(*p)).collect()
     };
     let settle = manifest::scan::DEFAULT_SETTLE;
-    for path in touched {
-        if path.is_root() {
-            continue;
-        }
-        // Gone with its parent, which the target replaced by a file or symlink:
-        // that parent is a touched path of its own and is checked there.
-        if target.get(path).is_none() && path.parent().is_some_and(|p| target.dir(&p).is_none()) {
-            continue;
-        }
-        let shown = tree.shown(path);
-        let found = tree.lstat(path)?;
-        let mismatch = |expected: String, found: String| ApplyError::Verify { path: shown.clone(), expected, found };
-        let describe = |s: &Option<EntryStat>| match s {
-            None => "nothing".to_owned(),
-            Some(s) => format!("{:?} size {} mode {:o} mtime {:?}", s.kind, s.size, s.mode, s.mtime),
-        };
-        match (target.get(path).cloned(), found) {
-            (None, None) => {}
-            (Some(Node::File(f)), Some(s))
-                if s.kind == EntryKind::File && s.size == f.size && s.mode == f.mode && s.mtime == f.mtime =>
-            {
-                let fresh = FileMeta {
-                    owner: manifest::Owner { uid: s.uid, gid: s.gid },
-                    stat: StatKey { ctime: s.ctime, ino: s.ino, settled: settled(s.ctime, settle) },
-                    ..f
-                };
-                target.insert(path, Node::File(fresh)).map_err(|e| mismatch("a file".into(), e.to_string()))?;
+    /// What the target says of a path, without cloning a directory's subtree.
+    enum Expected {
+        File(FileMeta),
+        Dir(DirMeta),
+        Symlink(Box<[u8]>),
+    }
+    // One batch: every refreshed entry rehashes its directory once, at the end.
+    target.batch(|m| -> Result<(), ApplyError> {
+        for path in touched {
+            if path.is_root() {
+                continue;
             }
-            (Some(Node::Dir(d)), Some(s))
-                if s.kind == EntryKind::Dir && s.mode == d.meta.mode && s.mtime == d.meta.mtime =>
-            {
-                let meta = DirMeta { owner: manifest::Owner { uid: s.uid, gid: s.gid }, ..d.meta };
-                target.set_dir_meta(path, meta).map_err(|e| mismatch("a directory".into(), e.to_string()))?;
+            // Gone with its parent, which the target replaced by a file or symlink:
+            // that parent is a touched path of its own and is checked there.
+            if m.get(path).is_none() && path.parent().is_some_and(|p| m.dir(&p).is_none()) {
+                continue;
             }
-            (Some(Node::Symlink(l)), Some(s)) if s.kind == EntryKind::Symlink => {
-                let actual = read_link(tree, path)?;
-                if *actual != *l.target {
-                    return Err(mismatch(
-                        format!("symlink to {}", manifest::path::escape(&l.target)),
-                        format!("symlink to {}", manifest::path::escape(&actual)),
-                    ));
+            let shown = tree.shown(path);
+            let found = tree.lstat(path)?;
+            let mismatch =
+                |expected: String, found: String| ApplyError::Verify { path: shown.clone(), expected, found };
+            let describe = |s: &Option<EntryStat>| match s {
+                None => "nothing".to_owned(),
+                Some(s) => format!("{:?} size {} mode {:o} mtime {:?}", s.kind, s.size, s.mode, s.mtime),
+            };
+            let expected = match m.get(path) {
+                None => None,
+                Some(Node::File(f)) => Some(Expected::File(f.clone())),
+                Some(Node::Dir(d)) => Some(Expected::Dir(d.meta)),
+                Some(Node::Symlink(l)) => Some(Expected::Symlink(l.target.clone())),
+            };
+            match (expected, found) {
+                (None, None) => {}
+                (Some(Expected::File(f)), Some(s))
+                    if s.kind == EntryKind::File && s.size == f.size && s.mode == f.mode && s.mtime == f.mtime =>
+                {
+                    let fresh = FileMeta {
+                        owner: manifest::Owner { uid: s.uid, gid: s.gid },
+                        stat: StatKey { ctime: s.ctime, ino: s.ino, settled: settled(s.ctime, settle) },
+                        ..f
+                    };
+                    m.insert(path, Node::File(fresh)).map_err(|e| mismatch("a file".into(), e.to_string()))?;
+                }
+                (Some(Expected::Dir(meta)), Some(s))
+                    if s.kind == EntryKind::Dir && s.mode == meta.mode && s.mtime == meta.mtime =>
+                {
+                    let meta = DirMeta { owner: manifest::Owner { uid: s.uid, gid: s.gid }, ..meta };
+                    m.set_dir_meta(path, meta).map_err(|e| mismatch("a directory".into(), e.to_string()))?;
+                }
+                (Some(Expected::Symlink(target)), Some(s)) if s.kind == EntryKind::Symlink => {
+                    let actual = read_link(tree, path)?;
+                    if *actual != *target {
+                        return Err(mismatch(
+                            format!("symlink to {}", manifest::path::escape(&target)),
+                            format!("symlink to {}", manifest::path::escape(&actual)),
+                        ));
+                    }
+                }
+                (expected, found) => {
+                    let expected = match expected {
+                        None => "nothing".to_owned(),
+                        Some(Expected::File(f)) => {
+                            format!("File size {} mode {:o} mtime {:?}", f.size, f.mode, f.mtime)
+                        }
+                        Some(Expected::Dir(meta)) => format!("Dir mode {:o} mtime {:?}", meta.mode, meta.mtime),
+                        Some(Expected::Symlink(_)) => "Symlink".to_owned(),
+                    };
+                    return Err(mismatch(expected, describe(&found)));
                 }
             }
-            (expected, found) => {
-                let expected = match expected {
-                    None => "nothing".to_owned(),
-                    Some(Node::File(f)) => format!("File size {} mode {:o} mtime {:?}", f.size, f.mode, f.mtime),
-                    Some(Node::Dir(d)) => format!("Dir mode {:o} mtime {:?}", d.meta.mode, d.meta.mtime),
-                    Some(Node::Symlink(_)) => "Symlink".to_owned(),
-                };
-                return Err(mismatch(expected, describe(&found)));
-            }
         }
-    }
+        Ok(())
+    })?;
     Ok(target)
 }
 
