@@ -478,3 +478,131 @@ pub fn file_meta(metadata: &Metadata, hash: Hash, settle: Duration) -> FileMeta 
         stat: stat_key(metadata, settle),
     }
 }
+
+/// Brings `manifest` up to date for paths that changed (a watcher's events):
+/// each path is looked at on disk and its entry replaced, added or removed. A
+/// directory the manifest does not hold yet is scanned whole (it may have been
+/// moved in with contents, or filled before anyone watched it); for a directory
+/// it already holds only its own metadata is refreshed, its entries' changes
+/// being paths of their own. Paths that are excluded, or whose parent is not a
+/// directory on disk any more, are handled at the nearest level that makes
+/// sense. Files whose stat is unchanged (and settled) keep their hash unread.
+pub fn update_paths(
+    root: &Path,
+    options: &ScanOptions,
+    manifest: &mut Manifest,
+    changed: impl IntoIterator<Item = RelPath>,
+) -> ScanReport {
+    let walker = Walker {
+        options,
+        files_hashed: AtomicU64::new(0),
+        bytes_hashed: AtomicU64::new(0),
+        files_reused: AtomicU64::new(0),
+        skipped: Mutex::new(Vec::new()),
+    };
+    // Parents first; a path inside a directory scanned whole is covered by it.
+    let mut paths: Vec<RelPath> = changed
+        .into_iter()
+        .filter(|p| !p.is_root() && !options.excludes.is_excluded_or_inside_excluded(p))
+        .map(|p| climb_to_known_parent(manifest, p))
+        .collect();
+    paths.sort();
+    paths.dedup();
+    let mut scanned_whole: Vec<RelPath> = Vec::new();
+    let _ = manifest.batch(|batch| -> Result<(), crate::tree::TreeError> {
+        for path in paths {
+            if scanned_whole.iter().any(|dir| path.starts_with(dir)) {
+                continue;
+            }
+            let abs = root.join(path.as_path());
+            let metadata = match fs::symlink_metadata(&abs) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) => {
+                    if batch.get(&path).is_some() {
+                        let _ = batch.remove(&path, true);
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    walker.skip(path.display(), SkipReason::Unreadable(e.to_string()));
+                    continue;
+                }
+            };
+            let file_type = metadata.file_type();
+            let node = if file_type.is_dir() {
+                match batch.get(&path) {
+                    Some(Node::Dir(_)) => {
+                        let _ = batch.set_dir_meta(&path, dir_meta(&metadata));
+                        continue;
+                    }
+                    _ => match walker.scan_dir(&abs, &path, dir_meta(&metadata), None) {
+                        Ok(dir) => {
+                            scanned_whole.push(path.clone());
+                            Node::Dir(dir)
+                        }
+                        Err(e) => {
+                            walker.skip(path.display(), SkipReason::Unreadable(e.to_string()));
+                            continue;
+                        }
+                    },
+                }
+            } else if file_type.is_file() {
+                match walker.scan_file(&abs, &metadata, batch.get(&path)) {
+                    Ok(meta) => Node::File(meta),
+                    Err(e) if e.is_not_found() => {
+                        let _ = batch.remove(&path, true);
+                        continue;
+                    }
+                    Err(HashFileError::KeptChanging) => {
+                        walker.skip(path.display(), SkipReason::ChangedDuringScan);
+                        continue;
+                    }
+                    Err(e) => {
+                        walker.skip(path.display(), SkipReason::Unreadable(e.to_string()));
+                        continue;
+                    }
+                }
+            } else if file_type.is_symlink() {
+                match fs::read_link(&abs) {
+                    Ok(target) => Node::Symlink(SymlinkMeta {
+                        target: target.as_os_str().as_bytes().into(),
+                        mtime: mtime(&metadata),
+                        owner: owner(&metadata),
+                    }),
+                    Err(_) => continue,
+                }
+            } else {
+                walker.skip(path.display(), SkipReason::Special(special_kind(&metadata)));
+                if batch.get(&path).is_some() {
+                    let _ = batch.remove(&path, true);
+                }
+                continue;
+            };
+            if let Err(e) = batch.insert(&path, node) {
+                walker.skip(path.display(), SkipReason::Unreadable(e.to_string()));
+            }
+        }
+        Ok(())
+    });
+    let mut skipped = walker.skipped.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
+    skipped.sort_by(|a, b| a.path.cmp(&b.path));
+    ScanReport {
+        files_hashed: walker.files_hashed.into_inner(),
+        bytes_hashed: walker.bytes_hashed.into_inner(),
+        files_reused: walker.files_reused.into_inner(),
+        skipped,
+    }
+}
+
+/// `path`, or its highest ancestor whose parent is a directory in the manifest:
+/// a change below a directory the manifest does not know yet means that
+/// directory is new as a whole.
+fn climb_to_known_parent(manifest: &Manifest, path: RelPath) -> RelPath {
+    let mut current = path;
+    loop {
+        match current.parent() {
+            Some(parent) if manifest.dir(&parent).is_none() => current = parent,
+            _ => return current,
+        }
+    }
+}

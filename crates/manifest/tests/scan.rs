@@ -251,3 +251,46 @@ fn kind_is_reported_per_entry() {
     let kinds: Vec<(String, Kind)> = m.walk().into_iter().map(|(p, n)| (p.display(), n.kind())).collect();
     assert_eq!(kinds, [("d".to_owned(), Kind::Dir), ("d/f".to_owned(), Kind::File), ("d/s".to_owned(), Kind::Symlink)]);
 }
+
+#[test]
+fn updating_changed_paths_gives_what_a_full_scan_gives() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(root, "a/one.php", b"1");
+    write(root, "a/two.php", b"2");
+    write(root, "b/deep/three.php", b"3");
+    write(root, "c/gone.php", b"x");
+    symlink("a", root.join("link")).unwrap();
+    let options = settled_at_once();
+    let mut manifest = scan(root, &options, None).unwrap().manifest;
+
+    // Every kind of change, and the paths a watcher would report for them.
+    fs::write(root.join("a/one.php"), b"one, edited").unwrap();
+    fs::remove_file(root.join("a/two.php")).unwrap();
+    fs::set_permissions(root.join("b/deep/three.php"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::remove_dir_all(root.join("c")).unwrap();
+    write(root, "new/dir/with/files.php", b"moved in whole");
+    fs::remove_file(root.join("link")).unwrap();
+    symlink("b", root.join("link")).unwrap();
+    fs::rename(root.join("b"), root.join("b-renamed")).unwrap();
+    write(root, ".stagingd/staging/x", b"never in the manifest");
+    let changed = [
+        "a/one.php",
+        "a/two.php",
+        "b/deep/three.php",
+        "c/gone.php",
+        "c",
+        "new/dir/with/files.php",
+        "link",
+        "b",
+        "b-renamed",
+        ".stagingd/staging/x",
+    ];
+    let report =
+        manifest::scan::update_paths(root, &options, &mut manifest, changed.iter().map(|p| RelPath::new(p).unwrap()));
+    assert!(report.is_complete(), "{report:?}");
+    let full = scan(root, &options, None).unwrap().manifest;
+    assert_eq!(manifest.root_hash(), full.root_hash());
+    assert_eq!(manifest.totals(), full.totals());
+    assert!(manifest.get(&p("new/dir/with/files.php")).is_some(), "a new directory is scanned whole");
+}
