@@ -19,8 +19,9 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use proto::v1::admin_client::AdminClient;
 use proto::v1::{
-    AdminStatusRequest, HistoryRequest, HistoryResponse, NodeStatus, RollbackRequest, SetPoolStateRequest,
-    SetPoolStateResponse, SyncEvent, SyncRequest, VerifyRequest, VerifyResponse,
+    AdminStatusRequest, HistoryRequest, HistoryResponse, NodeStatus, ReplicationState, RollbackRequest,
+    SetPoolStateRequest, SetPoolStateResponse, SetReplicationRequest, SyncEvent, SyncRequest, VerifyRequest,
+    VerifyResponse,
 };
 use tokio::net::UnixStream;
 use tonic::Streaming;
@@ -108,6 +109,12 @@ impl Admin {
     ) -> Result<SetPoolStateResponse, tonic::Status> {
         let timeout = self.target.timeout;
         bounded(timeout, self.client.set_pool_state(request)).await
+    }
+
+    /// `Admin.SetReplication`.
+    pub async fn set_replication(&mut self, request: SetReplicationRequest) -> Result<ReplicationState, tonic::Status> {
+        let timeout = self.target.timeout;
+        bounded(timeout, self.client.set_replication(request)).await
     }
 
     /// `Admin.Sync`. Only the start of the call is bounded by the timeout (the

@@ -63,6 +63,8 @@ enum Command {
     Rollback(cmd::rollback::Args),
     /// Rehash a tree and list every file that no longer matches its manifest.
     Verify(cmd::verify::Args),
+    /// Pause or resume automatic replication (`--replicate-from`).
+    Replication(cmd::replication::Args),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +79,7 @@ fn main() -> ExitCode {
         Command::History(args) => cmd::history::run(args, &daemon),
         Command::Rollback(args) => cmd::rollback::run(args, &daemon),
         Command::Verify(args) => cmd::verify::run(args, &daemon),
+        Command::Replication(args) => cmd::replication::run(args, &daemon),
     };
     match result {
         Ok(code) => code,

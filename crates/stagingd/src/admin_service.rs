@@ -155,7 +155,7 @@ impl pb::admin_server::Admin for AdminService {
             pool_changed_unix: pool.changed_unix,
             admin_socket: self.node.config.admin_socket.display().to_string(),
             listen_address: self.node.listen.to_string(),
-            replication: None,
+            replication: Some(self.node.replication.state()),
             locks: self
                 .node
                 .trees
@@ -263,9 +263,33 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn set_replication(
         &self,
-        _request: Request<pb::SetReplicationRequest>,
+        request: Request<pb::SetReplicationRequest>,
     ) -> Result<Response<pb::ReplicationState>, Status> {
-        Err(Status::unimplemented("replication is not built yet (issue [M4])"))
+        let request = request.into_inner();
+        let Some(source) = self.node.replication.source.clone() else {
+            return Err(Status::failed_precondition(format!(
+                "{} does not replicate: no replicate_from is configured\nhint: automatic replication follows the \
+                 peer named by --replicate-from PEER (config key replicate_from); restart stagingd with it",
+                self.node.config.name
+            )));
+        };
+        let who = if request.who.is_empty() { "unknown".to_owned() } else { request.who };
+        let before = self.node.replication.state();
+        let state = self
+            .node
+            .replication
+            .set_paused(request.paused, &who, &request.reason)
+            .map_err(|e| Status::internal(format!("cannot persist the replication state: {e}")))?;
+        tracing::info!(
+            %who,
+            %source,
+            reason = %request.reason,
+            from = before.phase().as_str_name(),
+            to = state.phase().as_str_name(),
+            "replication {}",
+            if request.paused { "paused" } else { "resumed" }
+        );
+        Ok(Response::new(state))
     }
 }
 

@@ -65,6 +65,12 @@ pub struct Flags {
     /// Seconds a call to a peer may take before it counts as unreachable (default 5).
     #[arg(long)]
     pub peer_timeout_secs: Option<u64>,
+    /// Seconds between safety rescans of each tree, jittered (default 3600).
+    #[arg(long)]
+    pub rescan_interval_secs: Option<u64>,
+    /// Watcher events buffered per tree before falling back to a full rescan (default 65536).
+    #[arg(long)]
+    pub watch_queue_events: Option<usize>,
 }
 
 /// The file's shape. `deny_unknown_fields` makes a typo an error naming the key.
@@ -88,6 +94,8 @@ struct FileConfig {
     log_level: Option<String>,
     shutdown_grace_secs: Option<u64>,
     peer_timeout_secs: Option<u64>,
+    rescan_interval_secs: Option<u64>,
+    watch_queue_events: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -130,12 +138,12 @@ pub struct Config {
     pub listen: SocketAddr,
     pub admin_socket: PathBuf,
     pub peers: Vec<PeerConfig>,
-    #[expect(dead_code, reason = "validated now; automatic replication ([M4]) follows this peer")]
     pub replicate_from: Option<String>,
     pub delete_limits: DeleteLimits,
     pub log_level: String,
     pub shutdown_grace: Duration,
     pub peer_timeout: Duration,
+    pub watch: crate::watcher::WatchSettings,
 }
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/stagingd";
@@ -278,6 +286,12 @@ impl Config {
             log_level: flags.log_level.or(file.log_level).unwrap_or_else(|| "info".to_owned()),
             shutdown_grace: Duration::from_secs(flags.shutdown_grace_secs.or(file.shutdown_grace_secs).unwrap_or(10)),
             peer_timeout: Duration::from_secs(flags.peer_timeout_secs.or(file.peer_timeout_secs).unwrap_or(5)),
+            watch: crate::watcher::WatchSettings {
+                queue_events: flags.watch_queue_events.or(file.watch_queue_events).unwrap_or(65_536),
+                rescan_interval: Duration::from_secs(
+                    flags.rescan_interval_secs.or(file.rescan_interval_secs).unwrap_or(3600).max(1),
+                ),
+            },
         })
     }
 }

@@ -3,7 +3,7 @@
 //! This file is the edge: parse flags and config, set up logging, bind the two
 //! sockets, start the services and the initial scans, and shut down in stages on
 //! SIGTERM/SIGINT. The modules hold the logic: [`config`], [`pool`], [`tree`],
-//! [`node`], [`peer_service`], [`admin_service`], [`wire`], [`space`].
+//! [`node`], [`peer_service`], [`admin_service`], [`replication`], [`wire`], [`space`].
 
 mod admin_service;
 mod config;
@@ -12,9 +12,11 @@ mod operations;
 mod peer_client;
 mod peer_service;
 mod pool;
+mod replication;
 mod server;
 mod space;
 mod tree;
+mod watcher;
 mod wire;
 
 use std::process::ExitCode;

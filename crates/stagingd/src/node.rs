@@ -13,6 +13,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::config::Config;
 use crate::pool::{self, PoolRecord, PoolState};
+use crate::replication::Replication;
 use crate::tree::TreeState;
 use crate::unix_now;
 
@@ -27,6 +28,8 @@ pub struct Node {
     pub listen: SocketAddr,
     /// Cancelled when the daemon shuts down; long-lived streams end on it.
     pub shutdown: CancellationToken,
+    /// Automatic replication (`--replicate-from`): its state and pause.
+    pub replication: Replication,
 }
 
 impl Node {
@@ -53,7 +56,17 @@ impl Node {
                 .tcp_nodelay(true);
             peers.insert(peer.name.clone(), PeerClient::new(endpoint.connect_lazy()));
         }
-        Ok(Self { config, pool: Mutex::new(record), trees, peers, started_unix: unix_now(), listen, shutdown })
+        let replication = Replication::new(config.replicate_from.clone(), &config.state_dir);
+        Ok(Self {
+            config,
+            pool: Mutex::new(record),
+            trees,
+            peers,
+            started_unix: unix_now(),
+            listen,
+            shutdown,
+            replication,
+        })
     }
 
     pub fn pool(&self) -> PoolRecord {
@@ -100,6 +113,7 @@ impl Node {
             trees,
             now_unix: unix_now(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            replicating_from: self.config.replicate_from.clone().unwrap_or_default(),
         })
     }
 

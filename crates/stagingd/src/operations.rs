@@ -68,9 +68,13 @@ async fn run_tree(
             return result;
         }
     };
-    // Rescan first: the plan must start from the tree as it is now, not as it
-    // was at the last scan. The stat cache makes this a stat walk.
-    if let Err(e) = tree.rescan().await {
+    // The plan must start from the tree as it is now. With a working watcher the
+    // manifest is current once the events already received are folded in;
+    // without one (or if they do not drain quickly), rescan — the stat cache
+    // makes that a stat walk.
+    if !watcher_caught_up(tree).await
+        && let Err(e) = tree.rescan().await
+    {
         let result = failed_result(tree, format!("cannot rescan the tree before syncing: {e:#}"));
         log_outcome(node, tree, operation, who, &result, started);
         return result;
@@ -146,18 +150,53 @@ async fn run_tree(
         Operation::Sync { peer, .. } => peer.clone(),
         Operation::Rollback { .. } => "rollback".to_owned(),
     };
-    let result = finish(tree, report, local, source);
+    let stale = std::sync::atomic::AtomicBool::new(false);
+    let result = finish(tree, report, local, source, &stale);
+    if stale.load(std::sync::atomic::Ordering::SeqCst)
+        && let Err(e) = tree.rescan().await
+    {
+        tracing::error!(tree = %tree.name, "rescan after the sync failed: {e:#}");
+    }
     drop(guard);
     log_outcome(node, tree, operation, who, &result, started);
     result
 }
 
+/// True when the watcher is running and has folded in every event received so
+/// far (waiting up to two seconds for it).
+async fn watcher_caught_up(tree: &TreeState) -> bool {
+    if tree.watch_state().0 != pb::WatchState::Watching {
+        return false;
+    }
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while tree.pending_events.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+        if std::time::Instant::now() > until {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    true
+}
+
 /// Installs the new manifest (or restores readiness) and builds the result.
-fn finish(tree: &TreeState, mut report: Report, local: Arc<manifest::Manifest>, source: String) -> pb::TreeResult {
+fn finish(
+    tree: &TreeState,
+    mut report: Report,
+    local: Arc<manifest::Manifest>,
+    source: String,
+    stale: &std::sync::atomic::AtomicBool,
+) -> pb::TreeResult {
     let readiness_now = if tree.view().unreadable > 0 { Readiness::Incomplete } else { Readiness::Ready };
     match report.manifest.take() {
-        Some(manifest) => tree.install(Arc::new(manifest), readiness_now, |_| {}),
-        None => tree.install(local, readiness_now, |_| {}),
+        Some(manifest) => {
+            if !tree.install_if(Some(&local), Arc::new(manifest), readiness_now, |_| {}) {
+                // The watcher folded in a local change while we planned: our result
+                // is based on an older manifest, so look at the tree again.
+                stale.store(true, std::sync::atomic::Ordering::SeqCst);
+                tree.set_readiness(readiness_now);
+            }
+        }
+        None => tree.set_readiness(readiness_now),
     }
     let (outcome, guard, message, hint) = match &report.outcome {
         Outcome::Applied => (pb::SyncOutcome::Applied, "", String::new(), String::new()),

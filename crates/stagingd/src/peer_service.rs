@@ -75,7 +75,10 @@ impl pb::peer_server::Peer for PeerService {
             Some(pb::read_dir_request::Target::DirHash(hash)) => {
                 let hash =
                     Hash::from_slice(&hash).ok_or_else(|| Status::invalid_argument("dir_hash must be 32 bytes"))?;
-                find_dir(manifest.root(), hash)
+                let index = tree.dir_index(&manifest);
+                index
+                    .get(&hash)
+                    .and_then(|path| manifest.dir(path))
                     .ok_or_else(|| Status::not_found(format!("no directory with hash {hash} in tree {}", tree.name)))?
             }
         };
@@ -144,17 +147,6 @@ impl pb::peer_server::Peer for PeerService {
         let stream = merged.take_until(self.node.shutdown.clone().cancelled_owned());
         Ok(Response::new(Box::pin(stream)))
     }
-}
-
-/// The first directory (depth-first) with this hash.
-fn find_dir(dir: &Dir, hash: Hash) -> Option<&Dir> {
-    if dir.hash() == hash {
-        return Some(dir);
-    }
-    dir.children().iter().find_map(|entry| match &entry.node {
-        Node::Dir(d) => find_dir(d, hash),
-        _ => None,
-    })
 }
 
 /// One path for each wanted content hash that the manifest holds.

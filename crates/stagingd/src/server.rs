@@ -47,6 +47,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut tasks = JoinSet::new();
     for tree in node.trees.values() {
         let tree = Arc::clone(tree);
+        let watch_settings = node.config.watch;
+        let watch_shutdown = shutdown.clone();
         tasks.spawn(async move {
             // A sync interrupted by a crash is completed (or its staging removed)
             // before the tree is scanned and served again.
@@ -57,11 +59,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 );
                 return;
             }
+            // Watch before the first scan, so no change made during it is missed;
+            // the watcher holds its events until the scan is done.
+            tokio::spawn(crate::watcher::run(Arc::clone(&tree), watch_settings, watch_shutdown));
             if let Err(e) = tree.rescan().await {
                 tracing::error!(tree = %tree.name, "scan failed: {e:#}");
             }
         });
     }
+
+    // Automatic replication (`--replicate-from`); it ends on the shutdown token.
+    tasks.spawn(crate::replication::run(Arc::clone(&node)));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<PeerServer<PeerService>>().await;

@@ -39,6 +39,9 @@ impl Readiness {
     }
 }
 
+/// Directory hash → the path of one directory with that hash.
+pub type DirIndex = std::collections::HashMap<Hash, manifest::RelPath>;
+
 /// What the root-change channel carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RootInfo {
@@ -72,6 +75,15 @@ pub struct TreeState {
     pub lock: sync::TreeLock,
     /// The last sync or rollback and how it ended, for status.
     last_sync: std::sync::Mutex<Option<pb::LastSync>>,
+    /// How changes are noticed (watcher state and a sentence for status).
+    watch: std::sync::Mutex<(pb::WatchState, String)>,
+    /// Watcher events received and not yet folded into the manifest: a sync
+    /// waits for this to reach zero before it plans.
+    pub pending_events: std::sync::atomic::AtomicUsize,
+    /// Directory hash → path for the manifest with this root, built on the
+    /// first `ReadDir` by hash and kept until the root changes: a peer planning
+    /// a full copy lists every directory, and each lookup must not walk the tree.
+    dir_index: std::sync::Mutex<Option<(Hash, Arc<DirIndex>)>>,
 }
 
 impl TreeState {
@@ -97,6 +109,12 @@ impl TreeState {
             root_tx: watch::channel(info).0,
             lock: sync::TreeLock::new(),
             last_sync: std::sync::Mutex::new(None),
+            watch: std::sync::Mutex::new((
+                pb::WatchState::Disabled,
+                "not watching yet: the manifest is rebuilt at start and before each sync".to_owned(),
+            )),
+            pending_events: std::sync::atomic::AtomicUsize::new(0),
+            dir_index: std::sync::Mutex::new(None),
         })
     }
 
@@ -113,14 +131,51 @@ impl TreeState {
         self.root_tx.subscribe()
     }
 
+    /// The index of `manifest`'s directories by hash (see `dir_index`).
+    pub fn dir_index(&self, manifest: &Manifest) -> Arc<DirIndex> {
+        let root = manifest.root_hash();
+        let mut slot = self.dir_index.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((indexed, index)) = slot.as_ref()
+            && *indexed == root
+        {
+            return Arc::clone(index);
+        }
+        fn visit(
+            dir: &manifest::Dir,
+            path: &manifest::RelPath,
+            out: &mut std::collections::HashMap<Hash, manifest::RelPath>,
+        ) {
+            out.entry(dir.hash()).or_insert_with(|| path.clone());
+            for entry in dir.children() {
+                if let manifest::Node::Dir(child) = &entry.node
+                    && let Ok(child_path) = path.join(&entry.name)
+                {
+                    visit(child, &child_path, out);
+                }
+            }
+        }
+        let mut index = std::collections::HashMap::with_capacity(manifest.totals().dirs as usize + 1);
+        visit(manifest.root(), &manifest::RelPath::root(), &mut index);
+        let index = Arc::new(index);
+        *slot = Some((root, Arc::clone(&index)));
+        index
+    }
+
+    pub fn watch_state(&self) -> (pb::WatchState, String) {
+        self.watch.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_watch_state(&self, state: pb::WatchState, detail: String) {
+        *self.watch.lock().unwrap_or_else(|p| p.into_inner()) = (state, detail);
+    }
+
     /// Scans the tree (reusing the current manifest, or the stat cache on the
-    /// first scan) and installs the result; persists the stat cache.
+    /// first scan) and installs the result unless another change to the manifest
+    /// was installed meanwhile; persists the stat cache.
     pub async fn rescan(self: &Arc<Self>) -> anyhow::Result<()> {
         let tree = Arc::clone(self);
-        let previous = {
-            let view = self.view();
-            (view.readiness != Readiness::Scanning).then_some(view.manifest)
-        };
+        let base = self.view().manifest;
+        let previous = (self.view().readiness != Readiness::Scanning).then(|| Arc::clone(&base));
         let (scan, elapsed) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let started = Instant::now();
             let options = ScanOptions { excludes: tree.excludes.clone(), ..ScanOptions::default() };
@@ -158,19 +213,34 @@ impl TreeState {
             "scan complete"
         );
         let readiness = if report.is_complete() { Readiness::Ready } else { Readiness::Incomplete };
-        self.install(Arc::new(scan.manifest), readiness, |view| {
+        let installed = self.install_if(Some(&base), Arc::new(scan.manifest), readiness, |view| {
             view.unreadable = unreadable as u64;
             view.last_scan_unix = unix_now();
             view.last_scan_millis = elapsed.as_millis() as u64;
         });
+        if !installed {
+            tracing::debug!(tree = %self.name, "a newer manifest was installed during the scan; keeping it");
+        }
         Ok(())
     }
 
-    /// Swaps in a new manifest and tells root subscribers when the root moved.
-    pub fn install(&self, manifest: Arc<Manifest>, readiness: Readiness, extra: impl FnOnce(&mut TreeView)) {
+    /// Swaps in a new manifest and tells root subscribers when the root moved —
+    /// only if the current manifest is still `base` (the one the new manifest was
+    /// computed from), so a watcher update, a rescan and a sync never overwrite
+    /// each other's newer result. `None` installs unconditionally.
+    pub fn install_if(
+        &self,
+        base: Option<&Arc<Manifest>>,
+        manifest: Arc<Manifest>,
+        readiness: Readiness,
+        extra: impl FnOnce(&mut TreeView),
+    ) -> bool {
         let now = unix_now();
         let info = {
             let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
+            if base.is_some_and(|base| !Arc::ptr_eq(base, &view.manifest)) {
+                return false;
+            }
             if view.manifest.root_hash() != manifest.root_hash() || view.root_changed_unix == 0 {
                 view.root_changed_unix = now;
             }
@@ -185,6 +255,7 @@ impl TreeState {
             *current = info;
             changed
         });
+        true
     }
 
     /// Marks the tree as mid-apply (or back), for `source-not-ready` on peers.
@@ -205,6 +276,7 @@ impl TreeState {
         let view = self.view();
         let totals = view.manifest.totals();
         let space = crate::space::probe(&self.root);
+        let watch = self.watch_state();
         pb::TreeStatus {
             name: self.name.clone(),
             readiness: view.readiness.to_proto().into(),
@@ -221,8 +293,8 @@ impl TreeState {
             root_changed_unix: view.root_changed_unix,
             last_sync: self.last_sync.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             unreadable_files: view.unreadable,
-            watch_state: pb::WatchState::Disabled.into(),
-            watch_detail: "no watcher yet: the manifest is rebuilt at start".to_owned(),
+            watch_state: watch.0.into(),
+            watch_detail: watch.1,
             last_scan_unix: view.last_scan_unix,
             last_scan_millis: view.last_scan_millis,
         }

@@ -165,14 +165,19 @@ pub fn apply(
     if !staging.is_durable() {
         return Err(ApplyError::NotDurable(staging.sync_id().clone()));
     }
+    let timer = std::time::Instant::now();
+    let lap = |what: &str| tracing::debug!(millis = timer.elapsed().as_millis() as u64, "apply: {what}");
     let mut target = old.clone();
     target.apply(plan)?;
+    lap("target manifest built");
     staging.check_complete(plan)?;
+    lap("staging checked");
     if Journal::read(tree_state_dir)?.is_some() {
         return Err(ApplyError::JournalPending(tree_state_dir.display().to_string()));
     }
     let tree = TreeRoot::open(root)?;
     let old_hashes = preflight(&tree, old, plan)?;
+    lap("preflight");
     let trash = Trash::open_in(&tree)?;
     let journal = Journal {
         sync_id: staging.sync_id().clone(),
@@ -191,17 +196,21 @@ pub fn apply(
         source,
     })?;
     journal.write(tree_state_dir)?;
+    lap("journal written");
 
     let switched = switch(&tree, staging.dir_fd(), &trash, &journal, &mut steps)?;
+    lap("switched");
 
     steps.next()?;
     tree.syncfs()?;
+    lap("syncfs");
     steps.next()?;
     Journal::remove(tree_state_dir)?;
     steps.next()?;
     remove_dir_all(&staging.path())?;
 
     let manifest = verify(&tree, plan, target)?;
+    lap("verified");
     Ok(Applied { manifest, trashed: switched.trashed, newly_trashed: switched.newly_trashed, steps: steps.done })
 }
 

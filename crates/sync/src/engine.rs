@@ -284,6 +284,7 @@ async fn apply_plan<P: PeerSource>(
     let plan = Arc::new(plan);
     progress(events, "copying local content", 0, plan.totals.bytes_to_write);
 
+    let phase = Instant::now();
     let staged = {
         let (setup, plan, local, sync_id) = (setup.clone(), Arc::clone(&plan), Arc::clone(&local), sync_id.clone());
         blocking(move || -> Result<(Staging, Vec<usize>), String> {
@@ -304,6 +305,8 @@ async fn apply_plan<P: PeerSource>(
         Ok(staged) => staged,
         Err(e) => return report.ending(Outcome::Failed(format!("staging content: {e}"))),
     };
+    tracing::debug!(tree = %setup.name, millis = phase.elapsed().as_millis() as u64, "staged local copies");
+    let phase = Instant::now();
     let staging = Arc::new(staging);
     let missing_bytes: u64 = missing.iter().map(|&i| write_size(&plan.ops[i])).sum();
     report.bytes_copied_locally = plan.totals.bytes_to_write - missing_bytes;
@@ -325,16 +328,29 @@ async fn apply_plan<P: PeerSource>(
         }
     }
 
+    tracing::debug!(tree = %setup.name, millis = phase.elapsed().as_millis() as u64, "fetched");
     progress(events, "switching", 0, plan.ops.len() as u64);
     let applied = {
         let (setup, plan, local, staging, sync_id) =
             (setup.clone(), Arc::clone(&plan), Arc::clone(&local), Arc::clone(&staging), sync_id.clone());
         blocking(move || -> Result<crate::Applied, String> {
+            let timer = Instant::now();
             staging.finish().map_err(|e| e.to_string())?;
+            let synced = timer.elapsed();
             let history = History::open(&setup.state_dir);
             history.save_before(&sync_id, &local, &setup.root).map_err(|e| e.to_string())?;
+            let saved = timer.elapsed();
             let options = ApplyOptions { preserve_owner: setup.preserve_owner, step_hook: None };
-            apply(&setup.root, &setup.state_dir, &local, &plan, &staging, &options).map_err(|e| e.to_string())
+            let applied =
+                apply(&setup.root, &setup.state_dir, &local, &plan, &staging, &options).map_err(|e| e.to_string());
+            tracing::debug!(
+                tree = %setup.name,
+                syncfs_millis = synced.as_millis() as u64,
+                save_before_millis = (saved - synced).as_millis() as u64,
+                apply_millis = (timer.elapsed() - saved).as_millis() as u64,
+                "apply phases"
+            );
+            applied
         })
         .await
     };

@@ -6,6 +6,7 @@ pub mod history;
 pub mod manifest;
 pub mod pool;
 pub mod render;
+pub mod replication;
 pub mod rollback;
 pub mod status;
 pub mod stream;

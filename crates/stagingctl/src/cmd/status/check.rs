@@ -318,6 +318,7 @@ pub(crate) mod tests {
             trees,
             now_unix: 1_714_557_600,
             version: "0.1.0".into(),
+            replicating_from: String::new(),
         }
     }
 

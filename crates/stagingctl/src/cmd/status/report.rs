@@ -420,7 +420,7 @@ pub fn in_sync(peer: &PeerView, ours: &TreeStatus, theirs: Option<&TreeStatus>) 
     theirs.is_some_and(|t| !t.root_hash.is_empty() && t.root_hash == ours.root_hash)
 }
 
-fn replication_report(r: &ReplicationState) -> ReplicationReport {
+pub(crate) fn replication_report(r: &ReplicationState) -> ReplicationReport {
     ReplicationReport {
         phase: phase_name(r.phase),
         source: r.source.clone(),

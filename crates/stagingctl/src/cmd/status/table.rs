@@ -165,7 +165,7 @@ fn peer_table(peers: &[PeerView], local: &PeerStatus) -> String {
     columns(&header, rows, &[])
 }
 
-fn replication_line(replication: Option<&ReplicationState>, now: i64) -> String {
+pub(crate) fn replication_line(replication: Option<&ReplicationState>, now: i64) -> String {
     let Some(r) = replication else { return "not reported".to_owned() };
     let phase = ReplicationPhase::try_from(r.phase).unwrap_or(ReplicationPhase::Unspecified);
     let mut line = match phase {
