@@ -1,10 +1,9 @@
 //! Automatic replication (`--replicate-from`), told as stories with real
 //! daemons on loopback: `deploy2002` (B) follows `deploy1002` (A).
 //!
-//! Until the file watcher lands, a daemon notices changes to its own tree only
-//! when it scans, so the stories change A's tree and then restart A. That also
-//! exercises what replication must survive anyway: the source going away and
-//! coming back. Nothing here depends on A *not* noticing a change by itself.
+//! Some stories change A's tree and restart A, which exercises what replication
+//! must survive anyway (the source going away and coming back); the ones named
+//! `..._without_a_restart` rely on A's file watcher alone.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -292,4 +291,83 @@ fn pausing_a_node_that_does_not_replicate_is_an_error() {
     assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("replicate_from") && stderr.contains("hint:"), "{stderr}");
+}
+
+/// Every kind of change on A, with A left running: its watcher notices, its
+/// root moves, and B follows within 5 s each time.
+#[test]
+fn every_kind_of_change_reaches_the_follower_within_seconds_without_a_restart() {
+    let source = staging_tree(40);
+    let receiver = TestTree::new();
+    cp_a(source.path(), &receiver.path().join("t"));
+    let receiver_root = receiver.path().join("t");
+    let (a, b) = follower(source.path(), &receiver_root);
+    wait_level(&a, &b);
+    let root_a = source.path();
+    type Change<'a> = Box<dyn Fn() + 'a>;
+    let changes: Vec<(&str, Change)> = vec![
+        (
+            "edit",
+            Box::new(|| fs::write(root_a.join("wmf-config/CommonSettings.php"), "<?php $wgSitename = 'y';\n").unwrap()),
+        ),
+        ("add", Box::new(|| fs::write(root_a.join("wmf-config/New.php"), "<?php\n").unwrap())),
+        ("delete", Box::new(|| fs::remove_file(root_a.join(php_file(3))).unwrap())),
+        (
+            "rename",
+            Box::new(|| fs::rename(root_a.join(php_file(5)), root_a.join("php-1.44.0-wmf.1/Moved.php")).unwrap()),
+        ),
+        (
+            "chmod",
+            Box::new(|| {
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(root_a.join(php_file(6)), fs::Permissions::from_mode(0o600)).unwrap()
+            }),
+        ),
+        (
+            "symlink",
+            Box::new(|| {
+                fs::remove_file(root_a.join("w")).unwrap();
+                std::os::unix::fs::symlink("php-1.45.0-wmf.2", root_a.join("w")).unwrap();
+            }),
+        ),
+    ];
+    for (what, change) in changes {
+        let before = root(&a);
+        change();
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (now_a, now_b) = (root(&a), root(&b));
+            if now_a != before && now_a == now_b {
+                break;
+            }
+            assert!(Instant::now() < until, "{what} on A did not reach B within 5 s:\n{}\n--- A\n{}", b.log(), a.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_rsync_clean(source.path(), &receiver_root);
+    }
+}
+
+/// Ten thousand new files written as fast as possible: B converges, with a
+/// handful of syncs rather than one per file.
+#[test]
+fn a_burst_of_ten_thousand_changes_converges_with_few_syncs() {
+    let source = staging_tree(20);
+    let receiver = TestTree::new();
+    cp_a(source.path(), &receiver.path().join("t"));
+    let receiver_root = receiver.path().join("t");
+    let (a, b) = follower(source.path(), &receiver_root);
+    wait_level(&a, &b);
+    fs::create_dir_all(source.path().join("cache/l10n")).unwrap();
+    for i in 0..10_000 {
+        fs::write(source.path().join(format!("cache/l10n/msg-{i}.json")), format!("{{\"i\": {i}}}")).unwrap();
+    }
+    let expected = stagingd_tests::root_of(source.path()).to_hex();
+    wait_until("B converges on A after the burst", Duration::from_secs(60), || {
+        root(&b).as_str() == Some(expected.as_str())
+    });
+    assert_rsync_clean(source.path(), &receiver_root);
+    let history = b.ctl(["history", "--json"]);
+    let records: serde_json::Value = serde_json::from_slice(&history.stdout).unwrap();
+    let syncs = records.as_array().unwrap().len();
+    assert!((1..=10).contains(&syncs), "{syncs} syncs for one burst: {records}");
 }

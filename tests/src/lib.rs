@@ -125,7 +125,10 @@ pub fn cp_a(from: &Path, to: &Path) {
 #[derive(Debug)]
 pub struct Daemon {
     pub name: String,
+    /// The root of its first tree (its only one when started with [`Daemon::start`]).
     pub root: PathBuf,
+    /// Every tree it serves, name and root, in the order given.
+    pub trees: Vec<(String, PathBuf)>,
     pub state: PathBuf,
     pub socket: PathBuf,
     pub port: u16,
@@ -151,18 +154,32 @@ pub fn wait_until(what: &str, deadline: std::time::Duration, mut condition: impl
 }
 
 impl Daemon {
-    /// Starts a daemon named `name` serving `root` as tree `staging`, on `port`,
-    /// with `extra` flags (peers, say), and waits until its first scan is done.
+    /// Starts a daemon named `name` serving `root` as tree `staging` (`--root`), on
+    /// `port`, with `extra` flags (peers, say), and waits until its first scan is done.
     pub fn start(name: &str, root: &Path, port: u16, extra: &[String]) -> Daemon {
+        let tree_flags = vec!["--root".to_owned(), root.display().to_string()];
+        Self::launch(name, &[("staging", root)], tree_flags, port, extra)
+    }
+
+    /// Like [`Daemon::start`], serving each of `trees` (name, root) with
+    /// `--tree NAME=DIR`.
+    pub fn start_trees(name: &str, trees: &[(&str, &Path)], port: u16, extra: &[String]) -> Daemon {
+        let tree_flags =
+            trees.iter().flat_map(|(tree, dir)| ["--tree".to_owned(), format!("{tree}={}", dir.display())]).collect();
+        Self::launch(name, trees, tree_flags, port, extra)
+    }
+
+    /// The one constructor: a temp dir for state, socket and log; `tree_flags`
+    /// say which trees to serve (`trees` records them for the tests).
+    fn launch(name: &str, trees: &[(&str, &Path)], tree_flags: Vec<String>, port: u16, extra: &[String]) -> Daemon {
+        assert!(!trees.is_empty(), "a daemon serves at least one tree");
         let dir = tempfile::tempdir().expect("daemon temp dir");
         let state = dir.path().join("state");
         let socket = dir.path().join("admin.sock");
         let log = dir.path().join("stagingd.log");
-        let mut args = vec![
-            "--name".to_owned(),
-            name.to_owned(),
-            "--root".to_owned(),
-            root.display().to_string(),
+        let mut args = vec!["--name".to_owned(), name.to_owned()];
+        args.extend(tree_flags);
+        args.extend([
             "--state-dir".to_owned(),
             state.display().to_string(),
             "--admin-socket".to_owned(),
@@ -171,11 +188,12 @@ impl Daemon {
             "3".to_owned(),
             "--peer-timeout-secs".to_owned(),
             "2".to_owned(),
-        ];
+        ]);
         args.extend(extra.iter().cloned());
         let mut daemon = Daemon {
             name: name.to_owned(),
-            root: root.to_owned(),
+            root: trees[0].1.to_owned(),
+            trees: trees.iter().map(|(tree, dir)| ((*tree).to_owned(), dir.to_path_buf())).collect(),
             state,
             socket,
             port,
@@ -188,6 +206,15 @@ impl Daemon {
         daemon
     }
 
+    /// The root of the tree named `tree`.
+    pub fn tree_root(&self, tree: &str) -> &Path {
+        self.trees
+            .iter()
+            .find(|(name, _)| name == tree)
+            .map(|(_, root)| root.as_path())
+            .unwrap_or_else(|| panic!("{} serves no tree named {tree}", self.name))
+    }
+
     /// (Re)starts the process with the same state dir, socket and port, and
     /// waits until it answers and its trees are scanned.
     pub fn restart(&mut self) {
@@ -197,7 +224,7 @@ impl Daemon {
             .args(&self.args)
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,stagingd=debug")
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
             .spawn()

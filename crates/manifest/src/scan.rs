@@ -506,12 +506,22 @@ pub fn update_paths(
         .filter(|p| !p.is_root() && !options.excludes.is_excluded_or_inside_excluded(p))
         .map(|p| climb_to_known_parent(manifest, p))
         .collect();
+    // A directory's mtime moves when an entry in it is added, removed or renamed,
+    // and no event names the directory itself: look at each parent again too.
+    let parents: Vec<RelPath> = paths.iter().filter_map(RelPath::parent).collect();
+    paths.extend(parents);
     paths.sort();
     paths.dedup();
     let mut scanned_whole: Vec<RelPath> = Vec::new();
     let _ = manifest.batch(|batch| -> Result<(), crate::tree::TreeError> {
         for path in paths {
             if scanned_whole.iter().any(|dir| path.starts_with(dir)) {
+                continue;
+            }
+            if path.is_root() {
+                if let Ok(metadata) = fs::metadata(root) {
+                    let _ = batch.set_dir_meta(&path, dir_meta(&metadata));
+                }
                 continue;
             }
             let abs = root.join(path.as_path());

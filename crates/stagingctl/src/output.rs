@@ -61,7 +61,11 @@ pub fn error_text(error: &anyhow::Error) -> String {
 
 /// Whether `error` is a closed stdout (`stagingctl history | head`): not worth reporting.
 pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
-    error.chain().any(|e| e.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe))
+    error.chain().any(|e| {
+        e.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+            || e.downcast_ref::<serde_json::Error>().and_then(serde_json::Error::io_error_kind)
+                == Some(io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Writes `value` as pretty JSON and a newline to stdout.

@@ -80,6 +80,7 @@ async fn run_tree(
         return result;
     }
     let local = tree.view().manifest;
+    tracing::debug!(tree = %tree.name, millis = started.elapsed().as_millis() as u64, "manifest current");
     let setup = TreeSetup {
         name: tree.name.clone(),
         root: tree.root.clone(),

@@ -58,6 +58,9 @@ pub async fn run(tree: Arc<TreeState>, settings: WatchSettings, shutdown: Cancel
     let pending_tree = Arc::clone(&tree);
     let flag = Arc::clone(&overflowed);
     let handler = move |event: notify::Result<notify::Event>| {
+        if event.as_ref().is_ok_and(is_read_only) {
+            return;
+        }
         pending_tree.pending_events.fetch_add(1, Ordering::SeqCst);
         if tx.try_send(event).is_err() {
             // Our queue is full: the events are gone, so the manifest can only be
@@ -65,7 +68,11 @@ pub async fn run(tree: Arc<TreeState>, settings: WatchSettings, shutdown: Cancel
             flag.store(true, Ordering::SeqCst);
         }
     };
-    let watcher = notify::recommended_watcher(handler).and_then(|mut watcher| {
+    // Never follow symlinks: a link to a directory inside the tree would be
+    // watched twice and report changes under the link's path, which is not a
+    // directory in the manifest (and a link out of the tree is not ours to watch).
+    let config = notify::Config::default().with_follow_symlinks(false);
+    let watcher = notify::RecommendedWatcher::new(handler, config).and_then(|mut watcher| {
         watcher.watch(&tree.root, notify::RecursiveMode::Recursive)?;
         Ok(watcher)
     });
@@ -140,10 +147,19 @@ pub async fn run(tree: Arc<TreeState>, settings: WatchSettings, shutdown: Cancel
             tracing::warn!(tree = %tree.name, "the kernel dropped events (inotify queue overflow): rescanning the whole tree");
             full_rescan(&tree, "kernel event overflow").await;
         } else if !burst.paths.is_empty() {
+            tracing::debug!(tree = %tree.name, paths = ?burst.paths, "changed paths");
             update(&tree, burst.paths).await;
         }
         tree.pending_events.fetch_sub(taken.min(tree.pending_events.load(Ordering::SeqCst)), Ordering::SeqCst);
     }
+}
+
+/// Opening, reading or closing a file without writing it changes nothing — and
+/// the daemon itself reads files (hashing, serving peers), so counting those
+/// would make every read look like a local edit.
+fn is_read_only(event: &notify::Event) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    matches!(event.kind, EventKind::Access(access) if !matches!(access, AccessKind::Close(AccessMode::Write)))
 }
 
 /// Paths changed in one burst, relative to the tree root.
