@@ -345,6 +345,8 @@ fn every_kind_of_change_reaches_the_follower_within_seconds_without_a_restart() 
         }
         assert_rsync_clean(source.path(), &receiver_root);
     }
+    // B's watcher saw every file the syncs wrote; none of it is a local edit.
+    assert!(!b.log().contains("local change"), "B's own writes were taken for local edits:\n{}", b.log());
 }
 
 /// Ten thousand new files written as fast as possible: B converges, with a
