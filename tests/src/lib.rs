@@ -224,7 +224,7 @@ impl Daemon {
             .args(&self.args)
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
-            .env("RUST_LOG", "info,stagingd=debug")
+            .env("RUST_LOG", "info")
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
             .spawn()
