@@ -163,3 +163,17 @@ commit_desc() {
     fi
     printf '%s\n' "$c"
 }
+
+# --- helpers added for bench/replication.sh ---
+
+# proc_cpu_ticks PID -> utime + stime of PID (all its threads) in clock ticks (`getconf CLK_TCK`),
+# from /proc/PID/stat (fields 14 and 15, counted after the parenthesised command name).
+proc_cpu_ticks() {
+    local stat rest
+    stat=$(<"/proc/$1/stat") || return 1
+    rest=${stat##*) }
+    awk '{ print $12 + $13 }' <<<"$rest"
+}
+
+# proc_status_kib PID KEY -> the kB value of KEY (VmRSS, VmHWM, ...) in /proc/PID/status.
+proc_status_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }

@@ -103,6 +103,10 @@ pub async fn run(tree: Arc<TreeState>, settings: WatchSettings, shutdown: Cancel
         }
     };
     let watching = _watcher.is_some();
+    if watching {
+        // Changes made between the first scan and the watch being set up.
+        full_rescan(&tree, "catching up after the first scan").await;
+    }
     let mut next_safety_rescan = tokio::time::Instant::now() + jittered(settings.rescan_interval);
     loop {
         let wait_for_rescan = if watching { next_safety_rescan } else { tokio::time::Instant::now() + POLL_INTERVAL };
@@ -140,6 +144,7 @@ pub async fn run(tree: Arc<TreeState>, settings: WatchSettings, shutdown: Cancel
             }
         }
         let taken = burst.events;
+        crate::metrics::global().watch_events(&tree.name, taken);
         if overflowed.swap(false, Ordering::SeqCst) {
             tracing::warn!(tree = %tree.name, "watch queue overflowed: rescanning the whole tree");
             full_rescan(&tree, "event queue overflow").await;
@@ -242,6 +247,7 @@ async fn full_rescan(tree: &Arc<TreeState>, why: &str) {
         return;
     }
     tracing::info!(tree = %tree.name, why, "rescanning the tree");
+    crate::metrics::global().rescan(&tree.name, why);
     if let Err(e) = tree.rescan().await {
         tracing::error!(tree = %tree.name, "rescan failed: {e:#}");
     }
