@@ -93,7 +93,9 @@ impl Admin {
             }
             Err(_elapsed) => return Err(timeout_error(&target.socket, "connecting", target.timeout)),
         };
-        Ok(Admin { client: AdminClient::new(channel), target: target.clone() })
+        // The daemon's limit (`MAX_MESSAGE_BYTES` in stagingd's `tls.rs`): 8 MiB.
+        let client = AdminClient::new(channel).max_decoding_message_size(8 << 20).max_encoding_message_size(8 << 20);
+        Ok(Admin { client, target: target.clone() })
     }
 
     /// `Admin.GetStatus`.

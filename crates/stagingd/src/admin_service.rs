@@ -1,6 +1,7 @@
 //! The `Admin` service on the local unix socket: every change of state enters
 //! the daemon here (pool state now; syncs, rollbacks and replication as they
-//! arrive), and each is logged with who asked and why.
+//! arrive), and each is logged with who asked and why — `who` as the client
+//! says, and the caller's uid/gid/pid as the kernel says (SO_PEERCRED).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use futures::Stream;
 use proto::v1 as pb;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use manifest::PlanId;
 use sync::RollbackTo;
@@ -30,16 +32,19 @@ impl AdminService {
 
     /// Runs an operation in a task of its own — it holds the tree's lock until
     /// done, even if the client goes away — and streams its events.
+    /// Every line it logs carries the caller's credentials (an `admin` span).
     fn start(
         &self,
         trees: Vec<Arc<TreeState>>,
         operation: Operation,
         who: String,
         reason: String,
+        caller: Caller,
     ) -> BoxStream<pb::SyncEvent> {
         let who = if who.is_empty() { "unknown".to_owned() } else { who };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(operations::run(Arc::clone(&self.node), trees, operation, who, reason, tx));
+        let span = tracing::info_span!("admin", uid = caller.uid, gid = caller.gid, pid = caller.pid);
+        tokio::spawn(operations::run(Arc::clone(&self.node), trees, operation, who, reason, tx).instrument(span));
         Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
     }
 
@@ -60,6 +65,23 @@ impl AdminService {
             }
             Err(_) => self.node.trees.values().cloned().collect(),
         }
+    }
+}
+
+/// The admin client's process credentials, from the socket (SO_PEERCRED), not
+/// from anything the client says.
+#[derive(Debug, Clone, Copy, Default)]
+struct Caller {
+    uid: Option<u32>,
+    gid: Option<u32>,
+    pid: Option<i32>,
+}
+
+impl Caller {
+    fn of<T>(request: &Request<T>) -> Self {
+        let cred =
+            request.extensions().get::<tonic::transport::server::UdsConnectInfo>().and_then(|info| info.peer_cred);
+        cred.map_or_else(Self::default, |c| Self { uid: Some(c.uid()), gid: Some(c.gid()), pid: c.pid() })
     }
 }
 
@@ -108,6 +130,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::SetPoolStateRequest>,
     ) -> Result<Response<pb::SetPoolStateResponse>, Status> {
+        let caller = Caller::of(&request);
         let request = request.into_inner();
         let state = pb::PoolState::try_from(request.state)
             .ok()
@@ -117,7 +140,15 @@ impl pb::admin_server::Admin for AdminService {
         let peers =
             if state == PoolState::Serve && !request.bootstrap { self.node.peer_views().await } else { Vec::new() };
         if let Err((message, hint)) = check_pool_change(&self.node, state, request.bootstrap, &peers) {
-            tracing::warn!(%who, to = %state, reason = %request.reason, "pool change refused: {message}");
+            tracing::warn!(
+                %who,
+                uid = caller.uid,
+                gid = caller.gid,
+                pid = caller.pid,
+                to = %state,
+                reason = %request.reason,
+                "pool change refused: {message}"
+            );
             return Err(Status::failed_precondition(format!("{message}\nhint: {hint}")));
         }
         let reason = if request.bootstrap && request.reason.is_empty() {
@@ -130,6 +161,9 @@ impl pb::admin_server::Admin for AdminService {
             self.node.set_pool(record).map_err(|e| Status::internal(format!("cannot persist the pool state: {e}")))?;
         tracing::info!(
             %who,
+            uid = caller.uid,
+            gid = caller.gid,
+            pid = caller.pid,
             from = %previous.state,
             to = %state,
             %reason,
@@ -180,6 +214,7 @@ impl pb::admin_server::Admin for AdminService {
     type SyncStream = BoxStream<pb::SyncEvent>;
 
     async fn sync(&self, request: Request<pb::SyncRequest>) -> Result<Response<Self::SyncStream>, Status> {
+        let caller = Caller::of(&request);
         let request = request.into_inner();
         if !self.node.peers.contains_key(&request.from) {
             let known = self.node.config.peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ");
@@ -204,7 +239,7 @@ impl pb::admin_server::Admin for AdminService {
             confirm,
             allow_behind: request.allow_behind,
         };
-        Ok(Response::new(self.start(trees, operation, request.who, request.reason)))
+        Ok(Response::new(self.start(trees, operation, request.who, request.reason, caller)))
     }
 
     async fn history(&self, request: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
@@ -223,6 +258,7 @@ impl pb::admin_server::Admin for AdminService {
     type RollbackStream = BoxStream<pb::SyncEvent>;
 
     async fn rollback(&self, request: Request<pb::RollbackRequest>) -> Result<Response<Self::RollbackStream>, Status> {
+        let caller = Caller::of(&request);
         let request = request.into_inner();
         let tree = Arc::clone(self.node.tree(&request.tree)?);
         let to = match request.to_sync_id.as_str() {
@@ -231,7 +267,7 @@ impl pb::admin_server::Admin for AdminService {
                 RollbackTo::Sync(sync::SyncId::new(id.to_owned()).map_err(|e| Status::invalid_argument(e.to_string()))?)
             }
         };
-        Ok(Response::new(self.start(vec![tree], Operation::Rollback { to }, request.who, request.reason)))
+        Ok(Response::new(self.start(vec![tree], Operation::Rollback { to }, request.who, request.reason, caller)))
     }
 
     async fn verify(&self, request: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
@@ -265,6 +301,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::SetReplicationRequest>,
     ) -> Result<Response<pb::ReplicationState>, Status> {
+        let caller = Caller::of(&request);
         let request = request.into_inner();
         let Some(source) = self.node.replication.source.clone() else {
             return Err(Status::failed_precondition(format!(
@@ -282,6 +319,9 @@ impl pb::admin_server::Admin for AdminService {
             .map_err(|e| Status::internal(format!("cannot persist the replication state: {e}")))?;
         tracing::info!(
             %who,
+            uid = caller.uid,
+            gid = caller.gid,
+            pid = caller.pid,
             %source,
             reason = %request.reason,
             from = before.phase().as_str_name(),

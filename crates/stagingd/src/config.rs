@@ -71,6 +71,22 @@ pub struct Flags {
     /// Watcher events buffered per tree before falling back to a full rescan (default 65536).
     #[arg(long)]
     pub watch_queue_events: Option<usize>,
+    /// This node's TLS certificate (PEM), with its name as a DNS SAN; with
+    /// `--tls-key` and `--tls-ca`, the peer port requires mutual TLS.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA (PEM) that signs every master's certificate.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Group that may use the admin socket (mode 0660, group set after bind).
+    #[arg(long, value_name = "GROUP")]
+    pub admin_socket_group: Option<String>,
+    /// Serve Prometheus metrics on `GET /metrics` at this address (default: off).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
 }
 
 /// The file's shape. `deny_unknown_fields` makes a typo an error naming the key.
@@ -96,6 +112,11 @@ struct FileConfig {
     peer_timeout_secs: Option<u64>,
     rescan_interval_secs: Option<u64>,
     watch_queue_events: Option<usize>,
+    metrics_listen: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
+    admin_socket_group: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,6 +165,12 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub peer_timeout: Duration,
     pub watch: crate::watcher::WatchSettings,
+    /// Mutual TLS on the peer port; `None`: plaintext, loopback only.
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// The group the admin socket is given to, by name and gid.
+    pub admin_socket_group: Option<(String, u32)>,
+    /// Where `GET /metrics` is served; `None`: no metrics port.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/stagingd";
@@ -221,15 +248,42 @@ impl Config {
         let listen: SocketAddr = listen_text
             .parse()
             .with_context(|| format!("listen {listen_text:?} is not an address like 127.0.0.1:7420"))?;
-        if !listen.ip().is_loopback() {
+        let tls = match (flags.tls_cert.or(file.tls_cert), flags.tls_key.or(file.tls_key), flags.tls_ca.or(file.tls_ca))
+        {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(ca)) => Some(crate::tls::TlsFiles::load(&cert, &key, &ca, &name)?),
+            (cert, key, ca) => {
+                let missing: Vec<&str> =
+                    [("tls_cert", cert.is_none()), ("tls_key", key.is_none()), ("tls_ca", ca.is_none())]
+                        .into_iter()
+                        .filter_map(|(k, missing)| missing.then_some(k))
+                        .collect();
+                bail!(
+                    "mutual TLS is partly configured: {} missing. Set all three of tls_cert, tls_key and tls_ca \
+                     (or none, and listen on loopback only)",
+                    missing.join(" and ")
+                )
+            }
+        };
+        if !listen.ip().is_loopback() && tls.is_none() {
             bail!(
                 "refusing to listen on {listen} without TLS: the peer port serves the whole tree. \
-                 Bind a loopback address, or configure mutual TLS (tls_cert, tls_key, tls_ca) when it is available"
+                 Bind a loopback address (e.g. 127.0.0.1:7420), or set all three of tls_cert (this node's \
+                 certificate, PEM, naming it as a DNS SAN), tls_key (its private key) and tls_ca (the CA that \
+                 signs every master's certificate) to require mutual TLS"
             );
         }
 
         let admin_socket =
             flags.admin_socket.or(file.admin_socket).unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET));
+        let admin_socket_group = match flags.admin_socket_group.or(file.admin_socket_group) {
+            None => None,
+            Some(group) => match nix::unistd::Group::from_name(&group) {
+                Ok(Some(found)) => Some((group, found.gid.as_raw())),
+                Ok(None) => bail!("admin_socket_group {group:?}: no such group on this host"),
+                Err(e) => bail!("admin_socket_group {group:?}: cannot look the group up: {e}"),
+            },
+        };
 
         let peer_entries: Vec<(String, String)> = if flags.peers.is_empty() {
             file.peer.into_iter().collect()
@@ -249,11 +303,20 @@ impl Config {
             ensure!(is_identifier(&peer_name, 64), "peer name {peer_name:?} is not valid");
             ensure!(peer_name != name, "peer {peer_name:?} has this node's own name");
             ensure!(!peers.iter().any(|p| p.name == peer_name), "peer {peer_name:?} is configured twice");
-            let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
-            let host_port = rest.with_context(|| format!("peer {peer_name}: url {url:?} must start with http://"))?;
+            let scheme = if tls.is_some() { "https://" } else { "http://" };
+            let host_port = url.strip_prefix(scheme).with_context(|| {
+                format!(
+                    "peer {peer_name}: url {url:?} must start with {scheme} ({})",
+                    if tls.is_some() {
+                        "mutual TLS is configured"
+                    } else {
+                        "https:// needs tls_cert, tls_key and tls_ca"
+                    }
+                )
+            })?;
             ensure!(
                 host_port.trim_end_matches('/').rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok()),
-                "peer {peer_name}: url {url:?} needs a port, like http://deploy2002.example:7420"
+                "peer {peer_name}: url {url:?} needs a port, like {scheme}deploy2002.example:7420"
             );
             peers.push(PeerConfig { name: peer_name, url: url.trim_end_matches('/').to_owned() });
         }
@@ -274,6 +337,14 @@ impl Config {
             "max_delete_ratio {max_ratio} must be a fraction in (0, 1], e.g. 0.05 for 5%"
         );
 
+        let metrics_listen = match flags.metrics_listen.or(file.metrics_listen) {
+            Some(text) if !text.is_empty() => Some(
+                text.parse::<SocketAddr>()
+                    .with_context(|| format!("metrics_listen {text:?} is not an address like 127.0.0.1:9642"))?,
+            ),
+            _ => None,
+        };
+
         Ok(Config {
             name,
             trees,
@@ -292,6 +363,9 @@ impl Config {
                     flags.rescan_interval_secs.or(file.rescan_interval_secs).unwrap_or(3600).max(1),
                 ),
             },
+            metrics_listen,
+            tls,
+            admin_socket_group,
         })
     }
 }
@@ -394,6 +468,29 @@ mod tests {
         let flags = Flags { listen: Some("0.0.0.0:7420".into()), ..flags_for(dir.path()) };
         let err = Config::merge(flags, FileConfig::default()).unwrap_err().to_string();
         assert!(err.contains("without TLS"), "{err}");
+        for key in ["tls_cert", "tls_key", "tls_ca"] {
+            assert!(err.contains(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn partial_tls_names_the_missing_keys_and_unreadable_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("x.pem");
+        let flags = Flags { tls_cert: Some(pem.clone()), ..flags_for(dir.path()) };
+        let file = FileConfig { tls_ca: Some(pem.clone()), ..FileConfig::default() };
+        let err = Config::merge(flags, file).unwrap_err().to_string();
+        assert!(err.contains("tls_key missing"), "{err}");
+        let flags = Flags {
+            tls_cert: Some(pem.clone()),
+            tls_key: Some(pem.clone()),
+            tls_ca: Some(pem.clone()),
+            ..flags_for(dir.path())
+        };
+        let err = format!("{:#}", Config::merge(flags, FileConfig::default()).unwrap_err());
+        assert!(err.contains("tls_cert") && err.contains(&pem.display().to_string()), "{err}");
+        let err = toml::from_str::<FileConfig>("tls_crt = \"/x\"").unwrap_err().to_string();
+        assert!(err.contains("tls_crt"), "{err}");
     }
 
     #[test]
@@ -408,5 +505,25 @@ mod tests {
         let flags = Flags { peers: vec!["deploy2002=127.0.0.1:7420".into()], ..flags_for(dir.path()) };
         let err = Config::merge(flags, FileConfig::default()).unwrap_err().to_string();
         assert!(err.contains("http://"), "{err}");
+    }
+
+    #[test]
+    fn the_shipped_example_config_uses_only_known_keys() {
+        let text = include_str!("../../../systemd/stagingd.toml");
+        let file = toml::from_str::<FileConfig>(text).unwrap_or_else(|e| panic!("systemd/stagingd.toml: {e}"));
+        assert_eq!(file.metrics_listen.as_deref(), Some("127.0.0.1:9642"));
+        assert!(!file.tree.is_empty() && !file.peer.is_empty());
+    }
+
+    #[test]
+    fn metrics_listen_is_off_by_default_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::merge(flags_for(dir.path()), FileConfig::default()).unwrap();
+        assert_eq!(config.metrics_listen, None);
+        let flags = Flags { metrics_listen: Some("127.0.0.1:0".into()), ..flags_for(dir.path()) };
+        assert!(Config::merge(flags, FileConfig::default()).unwrap().metrics_listen.is_some());
+        let flags = Flags { metrics_listen: Some("localhost".into()), ..flags_for(dir.path()) };
+        let err = Config::merge(flags, FileConfig::default()).unwrap_err().to_string();
+        assert!(err.contains("metrics_listen"), "{err}");
     }
 }

@@ -3,10 +3,12 @@
 //! This file is the edge: parse flags and config, set up logging, bind the two
 //! sockets, start the services and the initial scans, and shut down in stages on
 //! SIGTERM/SIGINT. The modules hold the logic: [`config`], [`pool`], [`tree`],
-//! [`node`], [`peer_service`], [`admin_service`], [`replication`], [`wire`], [`space`].
+//! [`node`], [`peer_service`], [`admin_service`], [`replication`], [`wire`], [`space`],
+//! [`metrics`] (`GET /metrics`), [`systemd`] (readiness and watchdog notifications).
 
 mod admin_service;
 mod config;
+mod metrics;
 mod node;
 mod operations;
 mod peer_client;
@@ -15,6 +17,8 @@ mod pool;
 mod replication;
 mod server;
 mod space;
+mod systemd;
+mod tls;
 mod tree;
 mod watcher;
 mod wire;
@@ -60,5 +64,13 @@ fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    // Colours only on a terminal: under systemd stderr goes to the journal,
+    // where escape codes would be noise in every line.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(ansi)
+        .init();
 }

@@ -5,11 +5,10 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use anyhow::Context;
 use proto::v1 as pb;
 use proto::v1::peer_client::PeerClient;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::config::Config;
 use crate::pool::{self, PoolRecord, PoolState};
@@ -49,12 +48,8 @@ impl Node {
         }
         let mut peers = BTreeMap::new();
         for peer in &config.peers {
-            let endpoint = Endpoint::from_shared(peer.url.clone())
-                .with_context(|| format!("peer {}: bad url {}", peer.name, peer.url))?
-                .connect_timeout(config.peer_timeout)
-                .timeout(config.peer_timeout)
-                .tcp_nodelay(true);
-            peers.insert(peer.name.clone(), PeerClient::new(endpoint.connect_lazy()));
+            let endpoint = crate::tls::peer_endpoint(&config, peer)?.timeout(config.peer_timeout);
+            peers.insert(peer.name.clone(), crate::tls::peer_client(endpoint.connect_lazy()));
         }
         let replication = Replication::new(config.replicate_from.clone(), &config.state_dir);
         Ok(Self {

@@ -282,6 +282,7 @@ fn log_outcome(
         Operation::Rollback { .. } => "",
     };
     let outcome = result.outcome().as_str_name().trim_start_matches("SYNC_OUTCOME_").to_lowercase();
+    crate::metrics::global().record_outcome(&tree.name, operation.name(), result, started.elapsed());
     tracing::info!(
         node = %node.config.name,
         tree = %tree.name,

@@ -25,7 +25,7 @@ use proto::v1::peer_client::PeerClient;
 use serde::{Deserialize, Serialize};
 use sync::guards::names;
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::node::{Node, describe_status};
 use crate::operations::{self, Operation};
@@ -330,19 +330,17 @@ pub async fn run(node: Arc<Node>) {
 /// timeout (which would cut the stream), HTTP/2 keepalives instead, so that a
 /// source that vanishes without closing the connection is noticed.
 fn watch_client(node: &Node, source: &str) -> Option<PeerClient<Channel>> {
-    let url = &node.config.peers.iter().find(|p| p.name == source)?.url;
-    match Endpoint::from_shared(url.clone()) {
-        Ok(endpoint) => Some(PeerClient::new(
+    let peer = node.config.peers.iter().find(|p| p.name == source)?;
+    match crate::tls::peer_endpoint(&node.config, peer) {
+        Ok(endpoint) => Some(crate::tls::peer_client(
             endpoint
-                .connect_timeout(node.config.peer_timeout)
                 .http2_keep_alive_interval(Duration::from_secs(10))
                 .keep_alive_timeout(node.config.peer_timeout)
                 .keep_alive_while_idle(true)
-                .tcp_nodelay(true)
                 .connect_lazy(),
         )),
         Err(e) => {
-            tracing::error!(%source, "replication cannot start: bad url {url}: {e}");
+            tracing::error!(%source, "replication cannot start: {e:#}");
             None
         }
     }

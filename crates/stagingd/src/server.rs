@@ -14,13 +14,14 @@ use proto::v1::peer_server::PeerServer;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinSet;
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin_service::AdminService;
 use crate::config::Config;
 use crate::node::Node;
 use crate::peer_service::PeerService;
+use crate::tls;
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     fs_err::create_dir_all(&config.state_dir)?;
@@ -30,7 +31,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (is another daemon using that port?)", config.listen))?;
     let listen = tcp.local_addr()?;
-    let admin = bind_admin_socket(&config.admin_socket)?;
+    let admin = bind_admin_socket(&config.admin_socket, config.admin_socket_group.as_ref())?;
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        None => None,
+    };
 
     let shutdown = CancellationToken::new();
     let grace = config.shutdown_grace;
@@ -39,14 +44,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(
         node = %node.config.name,
         %listen,
+        mutual_tls = node.config.tls.is_some(),
         admin_socket = %admin_path.display(),
         trees = %node.tree_names(),
         "stagingd started"
     );
 
+    crate::systemd::status(&format!("recovering and scanning {} tree(s)", node.trees.len()));
     let mut tasks = JoinSet::new();
+    // Each tree's start-up task holds a sender until its first scan is over;
+    // READY=1 goes to the service manager when all are dropped.
+    let (scans_tx, scans_rx) = tokio::sync::mpsc::channel::<()>(1);
     for tree in node.trees.values() {
         let tree = Arc::clone(tree);
+        let scanned = scans_tx.clone();
         let watch_settings = node.config.watch;
         let watch_shutdown = shutdown.clone();
         tasks.spawn(async move {
@@ -67,8 +78,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             // overflow the kernel queue on a large tree. The watcher rescans once
             // (stat-cached) as soon as it watches, to catch changes made meanwhile.
             tokio::spawn(crate::watcher::run(Arc::clone(&tree), watch_settings, watch_shutdown));
+            drop(scanned);
         });
     }
+    drop(scans_tx);
+    tasks.spawn(crate::systemd::ready_after_first_scans(Arc::clone(&node), scans_rx));
+    tasks.spawn(crate::systemd::watchdog(shutdown.clone()));
 
     // Automatic replication (`--replicate-from`); it ends on the shutdown token.
     tasks.spawn(crate::replication::run(Arc::clone(&node)));
@@ -80,17 +95,54 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building the reflection service")?;
-    let peer_server = tonic::transport::Server::builder()
+    // The peer port: limits on size, streams, time and idle connections; with
+    // TLS, client certificates from the CA, and only configured peers' names.
+    let mut peer_builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(tls::MAX_STREAMS_PER_CONNECTION)
+        .concurrency_limit_per_connection(tls::MAX_STREAMS_PER_CONNECTION as usize)
+        .timeout(tls::PEER_REQUEST_TIMEOUT)
+        .http2_keepalive_interval(Some(tls::HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(tls::HTTP2_KEEPALIVE_TIMEOUT));
+    if let Some(files) = &node.config.tls {
+        peer_builder = peer_builder.tls_config(files.server_config()).with_context(|| {
+            format!(
+                "peer port TLS: tls_cert {} / tls_key {} / tls_ca {} are not usable together",
+                files.cert.display(),
+                files.key.display(),
+                files.ca.display()
+            )
+        })?;
+    }
+    let incoming = tonic::transport::server::TcpIncoming::from(tcp)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(tls::TCP_KEEPALIVE))
+        .with_keepalive_interval(Some(tls::TCP_KEEPALIVE_INTERVAL))
+        .with_keepalive_retries(Some(tls::TCP_KEEPALIVE_RETRIES));
+    let peer_server = peer_builder
+        .layer(tonic::service::InterceptorLayer::new(tls::PeerNameCheck::new(&node.config)))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(PeerServer::new(PeerService::new(Arc::clone(&node))))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(tcp), shutdown.clone().cancelled_owned());
+        .add_service(
+            PeerServer::new(PeerService::new(Arc::clone(&node)))
+                .max_decoding_message_size(tls::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(tls::MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
     let admin_server = tonic::transport::Server::builder()
-        .add_service(AdminServer::new(AdminService::new(Arc::clone(&node))))
+        .add_service(
+            AdminServer::new(AdminService::new(Arc::clone(&node)))
+                .max_decoding_message_size(tls::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(tls::MAX_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(UnixListenerStream::new(admin), shutdown.clone().cancelled_owned());
     let mut servers = JoinSet::new();
     servers.spawn(async move { peer_server.await.context("peer port") });
     servers.spawn(async move { admin_server.await.context("admin socket") });
+    if let Some(listener) = metrics {
+        tracing::info!(address = %listener.local_addr()?, "serving metrics on GET /metrics");
+        let serve = crate::metrics::serve(listener, Arc::clone(&node), shutdown.clone());
+        servers.spawn(async move { serve.await.context("metrics port") });
+    }
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -105,6 +157,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
 
     shutdown.cancel();
+    crate::systemd::stopping();
     let drained = tokio::time::timeout(grace, async { while servers.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tracing::warn!(
@@ -122,10 +175,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 }
 
-/// Binds the admin socket with mode 0660. A socket file left by a dead daemon is
+/// Binds the admin socket with mode 0660, given to `group` (admin_socket_group)
+/// when set. A socket file left by a dead daemon is
 /// replaced; one that a live daemon answers on is not touched, and neither is a
 /// file that is not a socket.
-fn bind_admin_socket(path: &Path) -> anyhow::Result<UnixListener> {
+fn bind_admin_socket(path: &Path, group: Option<&(String, u32)>) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         fs_err::create_dir_all(dir)?;
     }
@@ -148,6 +202,11 @@ fn bind_admin_socket(path: &Path) -> anyhow::Result<UnixListener> {
         Err(e) => bail!("cannot inspect admin socket path {}: {e}", path.display()),
     }
     let listener = UnixListener::bind(path).with_context(|| format!("cannot bind admin socket {}", path.display()))?;
+    if let Some((name, gid)) = group {
+        rustix::fs::chown(path, None, Some(rustix::fs::Gid::from_raw(*gid))).with_context(|| {
+            format!("cannot give admin socket {} to admin_socket_group {name:?} (gid {gid})", path.display())
+        })?;
+    }
     fs_err::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     Ok(listener)
 }
