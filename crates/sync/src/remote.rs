@@ -96,6 +96,9 @@ pub trait PeerSource: Send + Sync {
 
 /// Directory listings in flight at once while planning.
 pub const PLAN_CONCURRENCY: usize = 16;
+/// A listing that has not arrived after this long ends the plan: a peer that
+/// never finishes answering cannot hold a sync (and its lock) forever.
+pub const READ_DIR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Builds the manifest of the peer's tree with root `remote_root`, reusing every
 /// directory of `local` whose hash matches, and leaving out what `excludes`
@@ -156,7 +159,13 @@ impl<P: PeerSource> Walker<'_, P> {
             }
             let listing = {
                 let _permit = self.permits.acquire().await.expect("the semaphore is never closed");
-                self.peer.read_dir(hash).await?
+                tokio::time::timeout(READ_DIR_TIMEOUT, self.peer.read_dir(hash)).await.map_err(|_| {
+                    RemoteError::Unavailable(format!(
+                        "no listing of {} within {} s: the peer stalled; nothing was applied",
+                        path.display(),
+                        READ_DIR_TIMEOUT.as_secs()
+                    ))
+                })??
             };
             let shown = path.display();
             let bad = |why: String| RemoteError::BadListing { path: shown.clone(), why };

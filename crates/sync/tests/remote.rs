@@ -30,6 +30,8 @@ struct MemoryPeer {
     tamper_pieces: Tamper<Vec<Piece>>,
     read_dirs: AtomicUsize,
     fetched: Mutex<Vec<Hash>>,
+    /// A listing that never arrives.
+    hang_read_dir: bool,
 }
 
 impl MemoryPeer {
@@ -50,6 +52,7 @@ impl MemoryPeer {
             tamper_pieces: Box::new(|_| {}),
             read_dirs: AtomicUsize::new(0),
             fetched: Mutex::new(Vec::new()),
+            hang_read_dir: false,
         }
     }
 
@@ -80,6 +83,9 @@ impl PeerSource for MemoryPeer {
 
     async fn read_dir(&self, hash: Hash) -> Result<Listing, RemoteError> {
         self.read_dirs.fetch_add(1, Ordering::Relaxed);
+        if self.hang_read_dir {
+            futures::future::pending::<()>().await;
+        }
         let dir = Self::find(self.manifest.root(), hash).ok_or(RemoteError::DirGone(hash))?;
         let mut listing = Listing {
             meta: dir.meta,
@@ -423,4 +429,23 @@ fn a_peer_symlink_pointing_outside_is_copied_as_a_link_and_never_written_through
     assert_eq!(fs::read_dir(&receiver.outside).unwrap().count(), 0, "nothing written outside the root");
     assert_eq!(fs::read_link(receiver.root.join("escape")).unwrap(), receiver.outside, "faithful copy of the link");
     assert_eq!(receiver.manifest().root_hash(), peer.manifest.root_hash());
+}
+
+#[test]
+fn a_listing_that_never_arrives_ends_the_sync_with_nothing_applied() {
+    let mut peer = MemoryPeer::of(changed_source().path());
+    peer.hang_read_dir = true;
+    let good = source_tree();
+    let receiver = receiver();
+    run(&MemoryPeer::of(good.path()), &receiver, &request());
+    let before = receiver.manifest().root_hash();
+    let local = std::sync::Arc::new(receiver.manifest());
+    // Paused time: the 60 s timeout elapses as soon as nothing else can run.
+    let paused = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+    let report = paused.block_on(sync_tree(&peer, &receiver.setup(), local, &StatvfsProbe, &request(), &|_: Event| {}));
+    match &report.outcome {
+        Outcome::Failed(message) => assert!(message.contains("stalled"), "{message}"),
+        other => panic!("a stalled peer must fail the sync, got {other:?}"),
+    }
+    receiver.assert_untouched(before);
 }
