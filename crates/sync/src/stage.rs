@@ -363,11 +363,42 @@ pub fn stage_from_local(
     current: &Manifest,
     trash: &Trash,
 ) -> Result<Vec<usize>, StageError> {
+    // One path per content the plan writes: a walk that builds a path only for
+    // the files whose content is wanted (a small plan on a big tree allocates a
+    // handful, not one per file).
+    let wanted: std::collections::HashSet<Hash> = plan
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::WriteFile { file, .. } => Some(file.hash),
+            _ => None,
+        })
+        .collect();
     let mut by_hash: HashMap<Hash, RelPath> = HashMap::new();
-    for (path, node) in current.walk() {
-        if let Node::File(f) = node {
-            by_hash.entry(f.hash).or_insert(path);
+    fn find(
+        dir: &manifest::Dir,
+        path: &RelPath,
+        wanted: &std::collections::HashSet<Hash>,
+        found: &mut HashMap<Hash, RelPath>,
+    ) {
+        for entry in dir.children() {
+            match &entry.node {
+                Node::File(f) if wanted.contains(&f.hash) && !found.contains_key(&f.hash) => {
+                    if let Ok(p) = path.join(&entry.name) {
+                        found.insert(f.hash, p);
+                    }
+                }
+                Node::Dir(d) => {
+                    if let Ok(p) = path.join(&entry.name) {
+                        find(d, &p, wanted, found);
+                    }
+                }
+                _ => {}
+            }
         }
+    }
+    if !wanted.is_empty() {
+        find(current.root(), &RelPath::root(), &wanted, &mut by_hash);
     }
     let mut missing = Vec::new();
     for (index, op) in plan.ops.iter().enumerate() {
