@@ -142,7 +142,7 @@ pub fn decode(bytes: &[u8], root: &Path) -> Result<Manifest, String> {
     if cached_root != root.as_os_str().as_bytes() {
         return Err(format!("made for root {}, not {}", crate::path::escape(cached_root), root.display()));
     }
-    let dir = reader.dir(0)?;
+    let dir = reader.dir(0, 0)?;
     if reader.at != body.len() {
         return Err(format!("{} unexpected trailing bytes", body.len() - reader.at));
     }
@@ -187,7 +187,8 @@ impl<'a> Reader<'a> {
         Ok(Owner { uid: self.u32()?, gid: self.u32()? })
     }
 
-    fn dir(&mut self, depth: usize) -> Result<Dir, String> {
+    /// A directory whose path is `path_len` bytes long, `depth` levels down.
+    fn dir(&mut self, depth: usize, path_len: usize) -> Result<Dir, String> {
         if depth > MAX_DEPTH {
             return Err("directories nested deeper than any valid path".into());
         }
@@ -203,6 +204,10 @@ impl<'a> Reader<'a> {
             let name_len = self.u16()? as usize;
             let name = self.take(name_len)?;
             RelPath::check_name(name).map_err(|e| e.to_string())?;
+            let child_len = if path_len == 0 { name_len } else { path_len + 1 + name_len };
+            if child_len > crate::path::MAX_PATH_BYTES {
+                return Err(format!("a path of {child_len} bytes, over the {} allowed", crate::path::MAX_PATH_BYTES));
+            }
             let kind = self.u8()?;
             let node = match Kind::from_code(kind) {
                 Some(Kind::File) => Node::File(FileMeta {
@@ -213,7 +218,7 @@ impl<'a> Reader<'a> {
                     owner: self.owner()?,
                     hash: Hash(self.array()?),
                 }),
-                Some(Kind::Dir) => Node::Dir(self.dir(depth + 1)?),
+                Some(Kind::Dir) => Node::Dir(self.dir(depth + 1, child_len)?),
                 Some(Kind::Symlink) => {
                     let len = self.u32()? as usize;
                     Node::Symlink(SymlinkMeta {
@@ -224,6 +229,11 @@ impl<'a> Reader<'a> {
                 }
                 None => return Err(format!("unknown entry kind {kind}")),
             };
+            if let Node::File(f) = &node
+                && f.size > crate::path::MAX_FILE_BYTES
+            {
+                return Err(format!("a file of {} bytes, over the {} allowed", f.size, crate::path::MAX_FILE_BYTES));
+            }
             children.push(Entry { name: name.into(), node });
         }
         Ok(Dir::new(meta, children))

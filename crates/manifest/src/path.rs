@@ -21,6 +21,9 @@ use std::path::Path;
 pub const MAX_PATH_BYTES: usize = 4096;
 /// The longest single name accepted, in bytes (Linux `NAME_MAX`).
 pub const MAX_NAME_BYTES: usize = 255;
+/// The largest file a manifest entry may claim (1 TiB): far above anything a
+/// staging tree holds, and far below sizes whose sums could overflow.
+pub const MAX_FILE_BYTES: u64 = 1 << 40;
 
 /// Why a path was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -162,7 +165,7 @@ pub fn escape(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
         for c in chunk.valid().chars() {
-            if c.is_control() || c == '\\' {
+            if c.is_control() || c == '\\' || is_invisible_format(c) {
                 out.extend(c.escape_default());
             } else {
                 out.push(c);
@@ -173,6 +176,13 @@ pub fn escape(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+/// Characters that change how text around them is shown without showing
+/// themselves (bidirectional overrides and isolates, zero-width characters): a
+/// hostile name could use them to make a listing read differently.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
 
 impl fmt::Debug for RelPath {
@@ -260,6 +270,7 @@ mod tests {
         assert_eq!(RelPath::new(b"a\x1b[2Jb").unwrap().display(), "a\\u{1b}[2Jb");
         assert_eq!(RelPath::new(b"caf\xe9").unwrap().display(), "caf\\xe9");
         assert_eq!(RelPath::root().display(), ".");
+        assert_eq!(RelPath::new("evil\u{202E}php.txt").unwrap().display(), "evil\\u{202e}php.txt");
     }
 
     proptest! {

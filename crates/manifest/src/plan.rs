@@ -245,7 +245,7 @@ impl Builder {
             (Node::File(a), Node::File(b)) => {
                 if a.hash != b.hash || a.size != b.size {
                     self.totals.files_updated += 1;
-                    self.totals.bytes_to_write += b.size;
+                    self.totals.bytes_to_write = self.totals.bytes_to_write.saturating_add(b.size);
                     self.creates_and_updates.push(Op::WriteFile {
                         path: path.clone(),
                         file: portable(b),
@@ -278,7 +278,7 @@ impl Builder {
         match node {
             Node::File(f) => {
                 self.totals.files_created += 1;
-                self.totals.bytes_to_write += f.size;
+                self.totals.bytes_to_write = self.totals.bytes_to_write.saturating_add(f.size);
                 self.creates_and_updates.push(Op::WriteFile { path: path.clone(), file: portable(f), replaces: false });
             }
             Node::Symlink(s) => {

@@ -166,11 +166,13 @@ pub struct Totals {
 }
 
 impl Totals {
+    /// Saturating: sizes come from peers and cache files too, and a lie about
+    /// them must not wrap a total (the capacity guard reads these).
     fn add(&mut self, other: Totals) {
-        self.files += other.files;
-        self.dirs += other.dirs;
-        self.symlinks += other.symlinks;
-        self.bytes += other.bytes;
+        self.files = self.files.saturating_add(other.files);
+        self.dirs = self.dirs.saturating_add(other.dirs);
+        self.symlinks = self.symlinks.saturating_add(other.symlinks);
+        self.bytes = self.bytes.saturating_add(other.bytes);
     }
 
     /// Files and symlinks: the entries that hold an inode each besides directories.

@@ -294,3 +294,45 @@ fn updating_changed_paths_gives_what_a_full_scan_gives() {
     assert_eq!(manifest.totals(), full.totals());
     assert!(manifest.get(&p("new/dir/with/files.php")).is_some(), "a new directory is scanned whole");
 }
+
+#[test]
+fn a_cache_claiming_impossible_sizes_or_paths_is_discarded_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("tree");
+    let cache_path = dir.path().join("stat.cache");
+    let huge = |name: &str| manifest::Entry {
+        name: name.as_bytes().into(),
+        node: Node::File(manifest::FileMeta {
+            size: u64::MAX,
+            mode: 0o644,
+            mtime: manifest::Timestamp::default(),
+            hash: Hash::of_content(b""),
+            owner: manifest::Owner::default(),
+            stat: manifest::StatKey::default(),
+        }),
+    };
+    // Two files whose sizes would overflow a sum: totals saturate instead of wrapping...
+    let lying = Manifest::new(manifest::Dir::new(manifest::DirMeta::default(), vec![huge("a"), huge("b")]));
+    assert_eq!(lying.totals().bytes, u64::MAX);
+    // ...and a cache that claims such sizes is not used.
+    cache::save(&lying, &root, &cache_path).unwrap();
+    match cache::load(&cache_path, &root) {
+        Err(cache::CacheError::Invalid { why, .. }) => assert!(why.contains("bytes, over the"), "{why}"),
+        other => panic!("expected the cache to be discarded, got {other:?}"),
+    }
+
+    // A path longer than any the path rules accept, built from valid names.
+    let name = "n".repeat(255);
+    let mut deep = manifest::Dir::empty(manifest::DirMeta::default());
+    for _ in 0..17 {
+        deep = manifest::Dir::new(
+            manifest::DirMeta::default(),
+            vec![manifest::Entry { name: name.as_bytes().into(), node: Node::Dir(deep) }],
+        );
+    }
+    cache::save(&Manifest::new(deep), &root, &cache_path).unwrap();
+    match cache::load(&cache_path, &root) {
+        Err(cache::CacheError::Invalid { why, .. }) => assert!(why.contains("a path of"), "{why}"),
+        other => panic!("expected the cache to be discarded, got {other:?}"),
+    }
+}

@@ -85,6 +85,9 @@ pub fn listing_from_proto(response: &pb::ReadDirResponse) -> Result<Listing, Wir
         let mtime = timestamp(entry.mtime_secs, entry.mtime_nanos, &shown)?;
         let mode = mode(entry.mode, &shown)?;
         let listed = match pb::EntryKind::try_from(entry.kind) {
+            Ok(pb::EntryKind::File) if entry.size > manifest::path::MAX_FILE_BYTES => {
+                return Err(WireError::Field { field: "size", name: shown });
+            }
             Ok(pb::EntryKind::File) => ListedEntry::File(FileMeta {
                 size: entry.size,
                 mode,

@@ -170,8 +170,27 @@ impl<P: PeerSource> Walker<'_, P> {
             let shown = path.display();
             let bad = |why: String| RemoteError::BadListing { path: shown.clone(), why };
             let mut previous: Option<&[u8]> = None;
-            for (name, _) in &listing.entries {
+            for (name, entry) in &listing.entries {
                 RelPath::check_name(name).map_err(|e| bad(e.to_string()))?;
+                path.join(name).map_err(|e| bad(e.to_string()))?;
+                match entry {
+                    ListedEntry::File(f) if f.size > manifest::path::MAX_FILE_BYTES => {
+                        return Err(bad(format!(
+                            "{} claims {} bytes, over the {} a file may have",
+                            manifest::path::escape(name),
+                            f.size,
+                            manifest::path::MAX_FILE_BYTES
+                        )));
+                    }
+                    ListedEntry::File(f) if f.mode > 0o7777 => return Err(bad(format!("bad mode {:o}", f.mode))),
+                    ListedEntry::Dir { meta, .. } if meta.mode > 0o7777 => {
+                        return Err(bad(format!("bad mode {:o}", meta.mode)));
+                    }
+                    ListedEntry::Symlink(link) if link.target.is_empty() || link.target.contains(&0) => {
+                        return Err(bad(format!("bad symlink target for {}", manifest::path::escape(name))));
+                    }
+                    _ => {}
+                }
                 if previous.is_some_and(|p| p >= &name[..]) {
                     return Err(bad(format!("entries out of order or repeated at {}", manifest::path::escape(name))));
                 }

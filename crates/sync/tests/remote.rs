@@ -368,7 +368,7 @@ fn an_enormous_declared_size_is_stopped_by_the_capacity_guard() {
     let mut peer = MemoryPeer::of(source.path());
     let mut huge = peer.manifest.clone();
     let file = FileMeta {
-        size: 1 << 60,
+        size: 1 << 39,
         mode: 0o644,
         mtime: Timestamp::default(),
         hash: Hash::of_content(b"never sent"),
@@ -448,4 +448,17 @@ fn a_listing_that_never_arrives_ends_the_sync_with_nothing_applied() {
         other => panic!("a stalled peer must fail the sync, got {other:?}"),
     }
     receiver.assert_untouched(before);
+}
+
+#[test]
+fn a_peer_claiming_an_impossible_file_size_is_refused() {
+    let mut peer = MemoryPeer::of(changed_source().path());
+    peer.tamper_listing = Box::new(|listing| {
+        for (_, entry) in listing.entries.iter_mut() {
+            if let ListedEntry::File(f) = entry {
+                f.size = u64::MAX;
+            }
+        }
+    });
+    assert_hostile_sync_fails(peer, "over the");
 }
