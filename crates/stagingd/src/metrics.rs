@@ -48,7 +48,7 @@ struct SyncLabels {
     tree: String,
     /// `sync`, `diff` (a dry run) or `rollback`.
     operation: String,
-    /// `applied`, `nothing_to_do`, `dry_run`, `refused`, `failed`.
+    /// `applied`, `nothing-to-do`, `dry-run`, `refused`, `failed`.
     result: String,
     /// The refusing guard, empty otherwise.
     guard: String,
@@ -216,7 +216,7 @@ impl Metrics {
 
     /// Counts a finished sync, dry run or rollback (`result` is the wire outcome).
     pub fn record_outcome(&self, tree: &str, operation: &str, result: &pb::TreeResult, elapsed: Duration) {
-        let outcome = result.outcome().as_str_name().trim_start_matches("SYNC_OUTCOME_").to_lowercase();
+        let outcome = crate::operations::outcome_name(result.outcome());
         let labels = SyncLabels {
             tree: tree.to_owned(),
             operation: operation.to_owned(),

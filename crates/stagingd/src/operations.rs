@@ -163,6 +163,12 @@ async fn run_tree(
     result
 }
 
+/// An outcome as status, logs and metrics spell it — the same words as
+/// `stagingctl --json`: `applied`, `nothing-to-do`, `dry-run`, `refused`, `failed`.
+pub fn outcome_name(outcome: pb::SyncOutcome) -> String {
+    outcome.as_str_name().trim_start_matches("SYNC_OUTCOME_").to_lowercase().replace('_', "-")
+}
+
 /// True when the watcher is running and has folded in every event received so
 /// far (waiting up to two seconds for it).
 async fn watcher_caught_up(tree: &TreeState) -> bool {
@@ -236,7 +242,7 @@ fn finish(
             id: result.sync_id.clone(),
             source_peer: source,
             unix: unix_now(),
-            result: outcome.as_str_name().trim_start_matches("SYNC_OUTCOME_").to_lowercase(),
+            result: outcome_name(outcome),
             plan_id: result.plan_id.clone(),
             guard: result.guard.clone(),
         });
@@ -281,7 +287,7 @@ fn log_outcome(
         Operation::Sync { peer, .. } => peer.as_str(),
         Operation::Rollback { .. } => "",
     };
-    let outcome = result.outcome().as_str_name().trim_start_matches("SYNC_OUTCOME_").to_lowercase();
+    let outcome = outcome_name(result.outcome());
     crate::metrics::global().record_outcome(&tree.name, operation.name(), result, started.elapsed());
     tracing::info!(
         node = %node.config.name,

@@ -374,9 +374,7 @@ async fn wait_while_stopped(node: &Arc<Node>, source: &str, operator: &mut watch
             if at_stop.get(&tree.name).is_some_and(|before| before.as_ref() == Some(&last)) {
                 continue;
             }
-            if last.source_peer == source
-                && matches!(last.result.as_str(), "applied" | "nothing-to-do" | "nothing_to_do")
-            {
+            if last.source_peer == source && matches!(last.result.as_str(), "applied" | "nothing-to-do") {
                 tracing::info!(
                     %source,
                     tree = %tree.name,
