@@ -177,3 +177,25 @@ proc_cpu_ticks() {
 
 # proc_status_kib PID KEY -> the kB value of KEY (VmRSS, VmHWM, ...) in /proc/PID/status.
 proc_status_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
+
+# bench_out_dir WORKDIR NAME: (re)creates WORKDIR/NAME for this run's raw results, exports it
+# as BENCH_OUT and prints it.
+bench_out_dir() {
+    BENCH_OUT=$1/$2
+    rm -rf "$BENCH_OUT"
+    mkdir -p "$BENCH_OUT"
+    export BENCH_OUT
+}
+
+# build_daemon_binaries REPO: builds stagingd and stagingctl in release mode and sets
+# $stagingd and $ctl to them (honouring CARGO_TARGET_DIR).
+build_daemon_binaries() {
+    local repo=$1 bin_dir
+    log "building: cargo build --release -p stagingd -p stagingctl (in $repo)"
+    (cd "$repo" && cargo build --release -p stagingd -p stagingctl >&2) || die "cargo build --release -p stagingd -p stagingctl failed"
+    bin_dir=${CARGO_TARGET_DIR:-$repo/target}/release
+    [[ $bin_dir == /* ]] || bin_dir=$repo/$bin_dir
+    stagingd=$bin_dir/stagingd
+    ctl=$bin_dir/stagingctl
+    [[ -x $stagingd && -x $ctl ]] || die "binaries not found in $bin_dir"
+}

@@ -70,20 +70,11 @@ export BENCH_TIMER
 
 mkdir -p "$workdir"
 workdir=$(cd "$workdir" && pwd -P)
-BENCH_OUT=$workdir/last-sync
-rm -rf "$BENCH_OUT"
-mkdir -p "$BENCH_OUT"
-export BENCH_OUT
+bench_out_dir "$workdir" last-sync
 run_dir=$workdir/sync-run
 
 # 2. build
-log "building: cargo build --release -p stagingd -p stagingctl (in $repo)"
-(cd "$repo" && cargo build --release -p stagingd -p stagingctl >&2) || die "cargo build --release -p stagingd -p stagingctl failed"
-bin_dir=${CARGO_TARGET_DIR:-$repo/target}/release
-[[ $bin_dir == /* ]] || bin_dir=$repo/$bin_dir
-stagingd=$bin_dir/stagingd
-ctl=$bin_dir/stagingctl
-[[ -x $stagingd && -x $ctl ]] || die "binaries not found in $bin_dir"
+build_daemon_binaries "$repo"
 commit=$(commit_desc "$repo") # now: others may commit while this runs
 
 # 3. reference trees (generated once per N, then reused; never modified: the copies the daemons
