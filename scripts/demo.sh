@@ -88,11 +88,11 @@ run ctl_b sync --from deploy1002 --reason "provision deploy2002"
 run ctl_b status --check
 
 say "a bad change on the source: 30% of its PHP files deleted"
+root_a() { ctl_a status --json | sed -n 's/.*"root": "\([0-9a-f]*\)".*/\1/p' | head -n 1; }
+before=$(root_a)
 find "$tree_a" -name '*.php' | awk 'NR % 3 == 0' | xargs rm -f
-# No watcher yet: restart the source so it rescans its tree.
-kill "${pids[0]}"
-wait "${pids[0]}" 2>/dev/null || true
-start deploy1002 "$tree_a" "$addr_a"
+# deploy1002's watcher notices within a second; wait until its root has moved.
+for _ in $(seq 1 100); do [ "$(root_a)" != "$before" ] && break; sleep 0.1; done
 run ctl_b sync --from deploy1002 --reason "routine sync"
 plan=$( (ctl_b sync --from deploy1002 --json 2>/dev/null || true) | sed -n 's/.*"plan_id": "\([0-9a-f]*\)".*/\1/p' | head -n 1)
 
