@@ -1,6 +1,6 @@
 //! The `Admin` service on the local unix socket: every change of state enters
-//! the daemon here (pool state now; syncs, rollbacks and replication as they
-//! arrive), and each is logged with who asked and why — `who` as the client
+//! the daemon here (pool state, syncs, rollbacks, replication pause/resume),
+//! and each is logged with who asked and why — `who` as the client
 //! says, and the caller's uid/gid/pid as the kernel says (SO_PEERCRED).
 
 use std::pin::Pin;
