@@ -104,3 +104,18 @@ fn a_watcher_that_loses_events_rescans_and_gets_it_right() {
     assert!(daemon.log().contains("watch queue overflowed: rescanning the whole tree"), "{}", daemon.log());
     assert_eq!(daemon.status_json().unwrap()["trees"][0]["files"], 521);
 }
+
+#[test]
+fn changes_seen_by_the_watcher_are_in_the_stat_cache_after_a_clean_stop() {
+    let tree = sample();
+    let mut daemon = Daemon::start("deploy1002", tree.path(), free_port(), &[]);
+    let before = daemon_root(&daemon);
+    fs::write(tree.path().join("wmf-config/CommonSettings.php"), "<?php $x = 42;\n").unwrap();
+    wait_converged(&daemon, "an edit before the stop");
+    assert_ne!(daemon_root(&daemon), before);
+    let status = daemon.terminate(Duration::from_secs(10));
+    assert!(status.success(), "{}", daemon.log());
+    let cache = daemon.state.join("trees/staging/stat.cache");
+    let saved = manifest::cache::load(&cache, &fs::canonicalize(tree.path()).unwrap()).unwrap().unwrap();
+    assert_eq!(saved.root_hash(), root_of(tree.path()), "the cache holds the watcher's view, edit included");
+}

@@ -167,6 +167,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     servers.abort_all();
     tasks.abort_all();
+    save_stat_caches(&node).await;
     let _ = std::fs::remove_file(&admin_path);
     tracing::info!("stopped");
     match failure {
@@ -267,4 +268,23 @@ async fn recover(tree: &Arc<crate::tree::TreeState>) -> anyhow::Result<()> {
         Ok(())
     })
     .await?
+}
+
+/// Writes each tree's current manifest as its stat cache, so the next start
+/// reads only what changed while the daemon was down — the watcher's updates
+/// since the last full scan live only in memory until now.
+async fn save_stat_caches(node: &Node) {
+    for tree in node.trees.values() {
+        let view = tree.view();
+        if view.readiness == crate::tree::Readiness::Scanning {
+            continue;
+        }
+        let (manifest, root, path) = (view.manifest, tree.root.clone(), tree.cache_path());
+        let saved = tokio::task::spawn_blocking(move || manifest::cache::save(&manifest, &root, &path)).await;
+        match saved {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(tree = %tree.name, "cannot save the stat cache at shutdown: {e}"),
+            Err(e) => tracing::warn!(tree = %tree.name, "cannot save the stat cache at shutdown: {e}"),
+        }
+    }
 }
