@@ -488,6 +488,41 @@ impl Manifest {
         }
     }
 
+    /// One path for each of the `wanted` content hashes that a file in this
+    /// manifest holds (the first in depth-first name order). Builds a path only
+    /// for the files it returns, and stops as soon as every hash is found.
+    pub fn paths_of_contents(
+        &self,
+        wanted: &std::collections::HashSet<Hash>,
+    ) -> std::collections::HashMap<Hash, RelPath> {
+        fn visit(
+            dir: &Dir,
+            path: &RelPath,
+            wanted: &std::collections::HashSet<Hash>,
+            found: &mut std::collections::HashMap<Hash, RelPath>,
+        ) {
+            for entry in &dir.children {
+                if found.len() == wanted.len() {
+                    return;
+                }
+                match &entry.node {
+                    Node::File(f) if wanted.contains(&f.hash) && !found.contains_key(&f.hash) => {
+                        found.insert(f.hash, path.join(&entry.name).expect("manifest names are validated on entry"));
+                    }
+                    Node::Dir(d) => {
+                        visit(d, &path.join(&entry.name).expect("manifest names are validated on entry"), wanted, found)
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut found = std::collections::HashMap::with_capacity(wanted.len());
+        if !wanted.is_empty() {
+            visit(&self.root, &RelPath::root(), wanted, &mut found);
+        }
+        found
+    }
+
     /// Every entry in depth-first, name order with its path; the root is not listed.
     pub fn walk(&self) -> Vec<(RelPath, &Node)> {
         fn visit<'a>(dir: &'a Dir, path: &RelPath, out: &mut Vec<(RelPath, &'a Node)>) {

@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use manifest::{Dir, Hash, Manifest, Node, RelPath};
+use manifest::{Hash, RelPath};
 use proto::v1 as pb;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, WatchStream};
@@ -110,7 +110,7 @@ impl pb::peer_server::Peer for PeerService {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let shutdown = self.node.shutdown.clone();
         tokio::task::spawn_blocking(move || {
-            let paths = paths_of(&manifest, &wanted.iter().copied().collect());
+            let paths = manifest.paths_of_contents(&wanted.iter().copied().collect());
             send_content(&root, &wanted, &paths, &tx, &shutdown);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -147,33 +147,6 @@ impl pb::peer_server::Peer for PeerService {
         let stream = merged.take_until(self.node.shutdown.clone().cancelled_owned());
         Ok(Response::new(Box::pin(stream)))
     }
-}
-
-/// One path for each wanted content hash that the manifest holds.
-fn paths_of(manifest: &Manifest, wanted: &HashSet<Hash>) -> HashMap<Hash, RelPath> {
-    fn visit(dir: &Dir, path: &RelPath, wanted: &HashSet<Hash>, found: &mut HashMap<Hash, RelPath>) {
-        for entry in dir.children() {
-            match &entry.node {
-                Node::File(f) if wanted.contains(&f.hash) && !found.contains_key(&f.hash) => {
-                    if let Ok(p) = path.join(&entry.name) {
-                        found.insert(f.hash, p);
-                    }
-                }
-                Node::Dir(d) => {
-                    if let Ok(p) = path.join(&entry.name) {
-                        visit(d, &p, wanted, found);
-                    }
-                }
-                _ => {}
-            }
-            if found.len() == wanted.len() {
-                return;
-            }
-        }
-    }
-    let mut found = HashMap::with_capacity(wanted.len());
-    visit(manifest.root(), &RelPath::root(), wanted, &mut found);
-    found
 }
 
 /// Reads each wanted blob and sends it in order, packing small blobs together and

@@ -13,14 +13,13 @@
 //! This module does not fetch from peers (the daemon feeds [`StagedWriter`] from
 //! its streams) and does not switch anything into the tree ([`crate::apply`]).
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use manifest::{FileMeta, Hash, Manifest, Node, Op, Owner, Plan, RelPath, SymlinkMeta};
+use manifest::{FileMeta, Hash, Manifest, Op, Owner, Plan, RelPath, SymlinkMeta};
 use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
@@ -374,32 +373,7 @@ pub fn stage_from_local(
             _ => None,
         })
         .collect();
-    let mut by_hash: HashMap<Hash, RelPath> = HashMap::new();
-    fn find(
-        dir: &manifest::Dir,
-        path: &RelPath,
-        wanted: &std::collections::HashSet<Hash>,
-        found: &mut HashMap<Hash, RelPath>,
-    ) {
-        for entry in dir.children() {
-            match &entry.node {
-                Node::File(f) if wanted.contains(&f.hash) && !found.contains_key(&f.hash) => {
-                    if let Ok(p) = path.join(&entry.name) {
-                        found.insert(f.hash, p);
-                    }
-                }
-                Node::Dir(d) => {
-                    if let Ok(p) = path.join(&entry.name) {
-                        find(d, &p, wanted, found);
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    if !wanted.is_empty() {
-        find(current.root(), &RelPath::root(), &wanted, &mut by_hash);
-    }
+    let by_hash = current.paths_of_contents(&wanted);
     let mut missing = Vec::new();
     for (index, op) in plan.ops.iter().enumerate() {
         match op {
