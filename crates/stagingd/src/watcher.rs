@@ -125,8 +125,12 @@ pub async fn run(tree: Arc<TreeState>, settings: WatchSettings, shutdown: Cancel
         let mut burst = Burst::default();
         burst.add(&tree.root, first);
         let started = tokio::time::Instant::now();
-        // Collect the rest of the burst; hold back while a sync switches files.
+        // Collect the rest of the burst. Hold it back while the first scan runs
+        // (the manifest is not the tree yet) or a sync switches files: then wait
+        // for the readiness to change, not for a deadline that has passed.
+        let mut changes = tree.subscribe();
         loop {
+            let held = matches!(changes.borrow_and_update().readiness, Readiness::Applying | Readiness::Scanning);
             let deadline = (started + MAX_DELAY).min(tokio::time::Instant::now() + DEBOUNCE);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -134,13 +138,8 @@ pub async fn run(tree: Arc<TreeState>, settings: WatchSettings, shutdown: Cancel
                     Some(event) => burst.add(&tree.root, event),
                     None => return,
                 },
-                _ = tokio::time::sleep_until(deadline) => {
-                    // Not while the first scan runs (the manifest is not the tree
-                    // yet) nor while a sync switches files.
-                    if !matches!(tree.view().readiness, Readiness::Applying | Readiness::Scanning) {
-                        break;
-                    }
-                }
+                _ = tokio::time::sleep_until(deadline), if !held => break,
+                changed = changes.changed(), if held => if changed.is_err() { return },
             }
         }
         let taken = burst.events;
@@ -152,7 +151,12 @@ pub async fn run(tree: Arc<TreeState>, settings: WatchSettings, shutdown: Cancel
             tracing::warn!(tree = %tree.name, "the kernel dropped events (inotify queue overflow): rescanning the whole tree");
             full_rescan(&tree, "kernel event overflow").await;
         } else if !burst.paths.is_empty() {
-            tracing::debug!(tree = %tree.name, paths = ?burst.paths, "changed paths");
+            tracing::debug!(
+                tree = %tree.name,
+                paths = burst.paths.len(),
+                first = ?burst.paths.iter().take(8).collect::<Vec<_>>(),
+                "changed paths"
+            );
             update(&tree, burst.paths).await;
         }
         tree.pending_events.fetch_sub(taken.min(tree.pending_events.load(Ordering::SeqCst)), Ordering::SeqCst);
