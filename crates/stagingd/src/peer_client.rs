@@ -8,7 +8,7 @@ use manifest::Hash;
 use proto::v1 as pb;
 use proto::v1::peer_client::PeerClient;
 use sync::guards::{SourcePool, SourceReadiness};
-use sync::remote::{Listing, PeerSource, PieceStream, RemoteError, RemoteStatus, RemoteTree};
+use sync::remote::{Listing, PeerSource, PieceStream, RemoteError, RemoteStatus, RemoteTree, Wanted};
 use tonic::transport::Channel;
 
 use crate::node::describe_status;
@@ -81,11 +81,12 @@ impl PeerSource for GrpcPeer {
         }
     }
 
-    async fn fetch(&self, hashes: Vec<Hash>) -> Result<PieceStream, RemoteError> {
+    async fn fetch(&self, wanted: Vec<Wanted>) -> Result<PieceStream, RemoteError> {
         let mut client = self.client.clone();
         let request = pb::FetchContentRequest {
             tree: self.tree.clone(),
-            hashes: hashes.iter().map(|h| h.as_bytes().to_vec()).collect(),
+            hashes: wanted.iter().map(|w| w.hash.as_bytes().to_vec()).collect(),
+            path_hints: wanted.iter().map(|w| w.at.as_bytes().to_vec()).collect(),
         };
         let stream = client.fetch_content(request).await.map_err(|s| unavailable(&s))?.into_inner();
         Ok(Box::pin(stream.map(|chunk| {

@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use manifest::{Hash, RelPath};
+use manifest::{Hash, Manifest, Node, RelPath};
 use proto::v1 as pb;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, WatchStream};
@@ -104,13 +104,14 @@ impl pb::peer_server::Peer for PeerService {
             .iter()
             .map(|h| Hash::from_slice(h).ok_or_else(|| Status::invalid_argument("every hash must be 32 bytes")))
             .collect::<Result<Vec<Hash>, Status>>()?;
+        let hints = if request.path_hints.len() == wanted.len() { request.path_hints } else { Vec::new() };
         let tree = self.node.tree(&request.tree)?;
         let root = tree.root.clone();
         let manifest = tree.view().manifest;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let shutdown = self.node.shutdown.clone();
         tokio::task::spawn_blocking(move || {
-            let paths = manifest.paths_of_contents(&wanted.iter().copied().collect());
+            let paths = locate(&manifest, &wanted, &hints);
             send_content(&root, &wanted, &paths, &tx, &shutdown);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -147,6 +148,25 @@ impl pb::peer_server::Peer for PeerService {
         let stream = merged.take_until(self.node.shutdown.clone().cancelled_owned());
         Ok(Response::new(Box::pin(stream)))
     }
+}
+
+/// A path of `manifest` holding each wanted hash: the client's hint where the
+/// manifest confirms it (a lookup by path), a search of the whole manifest for
+/// the rest (at most one walk per request, none when every hint holds).
+fn locate(manifest: &Manifest, wanted: &[Hash], hints: &[Vec<u8>]) -> HashMap<Hash, RelPath> {
+    let mut paths = HashMap::with_capacity(wanted.len());
+    for (hash, hint) in wanted.iter().zip(hints) {
+        if let Ok(path) = RelPath::new(hint.as_slice())
+            && matches!(manifest.get(&path), Some(Node::File(f)) if f.hash == *hash)
+        {
+            paths.insert(*hash, path);
+        }
+    }
+    let rest: HashSet<Hash> = wanted.iter().filter(|h| !paths.contains_key(*h)).copied().collect();
+    if !rest.is_empty() {
+        paths.extend(manifest.paths_of_contents(&rest));
+    }
+    paths
 }
 
 /// Reads each wanted blob and sends it in order, packing small blobs together and
@@ -265,4 +285,48 @@ fn read_full(file: &mut std::fs::File, buffer: &mut [u8]) -> std::io::Result<usi
         }
     }
     Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use manifest::{Dir, DirMeta, FileMeta};
+
+    use super::*;
+
+    fn file(content: &[u8]) -> Node {
+        Node::File(FileMeta {
+            size: content.len() as u64,
+            mode: 0o644,
+            mtime: manifest::Timestamp::default(),
+            hash: Hash::of_content(content),
+            owner: manifest::Owner::default(),
+            stat: manifest::StatKey::default(),
+        })
+    }
+
+    #[test]
+    fn locate_uses_hints_the_manifest_confirms_and_searches_for_the_rest() {
+        let mut manifest = Manifest::new(Dir::new(DirMeta::default(), Vec::new()));
+        let rel = |s: &str| RelPath::new(s).unwrap();
+        manifest.insert(&rel("a"), Node::Dir(Dir::new(DirMeta::default(), Vec::new()))).unwrap();
+        manifest.insert(&rel("a/one"), file(b"1")).unwrap();
+        manifest.insert(&rel("a/one-again"), file(b"1")).unwrap();
+        manifest.insert(&rel("two"), file(b"2")).unwrap();
+        let (one, two, three) = (Hash::of_content(b"1"), Hash::of_content(b"2"), Hash::of_content(b"3"));
+        let wanted = [one, two, three];
+
+        // A confirmed hint wins over the first path a search would find.
+        let hints = [b"a/one-again".to_vec(), b"two".to_vec(), b"nowhere".to_vec()];
+        let found = locate(&manifest, &wanted, &hints);
+        assert_eq!(found.get(&one), Some(&rel("a/one-again")));
+        assert_eq!(found.get(&two), Some(&rel("two")));
+        assert_eq!(found.get(&three), None, "content the tree does not have is not located");
+
+        // Wrong, stale, malformed or absent hints fall back to the search.
+        for hints in [vec![b"two".to_vec(), b"a/one".to_vec(), Vec::new()], vec![b"../x".to_vec(); 3], Vec::new()] {
+            let found = locate(&manifest, &wanted, &hints);
+            assert_eq!(found.get(&one), Some(&rel("a/one")));
+            assert_eq!(found.get(&two), Some(&rel("two")));
+        }
+    }
 }

@@ -25,7 +25,7 @@
 //! ([`crate::history`]): the caller appends the record with what [`Applied`] says.
 
 use std::collections::HashSet;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use manifest::{DirMeta, FileMeta, Hash, Kind, Manifest, Node, Op, Plan, PlanError, PlanId, RelPath, StatKey};
@@ -36,7 +36,9 @@ use crate::history::SyncId;
 use crate::journal::{Journal, JournalError};
 use crate::stage::{STAGING_DIR, StageError, Staging, entry_name, remove_dir_all};
 use crate::trash::Trash;
-use crate::tree_fs::{EntryKind, EntryStat, TreeFsError, TreeRoot, io_error, lstat_at, mtime_only, set_meta_at};
+use crate::tree_fs::{
+    DirCursor, EntryKind, EntryStat, TreeFsError, TreeRoot, io_error, lstat_at, mtime_only, set_meta_at,
+};
 
 /// Whether to go on after a step; tests stop to simulate a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -393,35 +395,6 @@ struct Switched {
     newly_trashed: u64,
 }
 
-/// The parent directory of the last op, kept open: plans list siblings together.
-struct ParentCache {
-    path: Option<RelPath>,
-    fd: Option<OwnedFd>,
-}
-
-impl ParentCache {
-    fn get<'p>(
-        &mut self,
-        tree: &TreeRoot,
-        op: &'static str,
-        path: &'p RelPath,
-    ) -> Result<(BorrowedFd<'_>, &'p [u8]), TreeFsError> {
-        let parent = path.parent();
-        if self.path != parent || self.fd.is_none() {
-            let (fd, _) = tree.parent(op, path)?;
-            self.fd = Some(fd);
-            self.path = parent;
-        }
-        let name = path.file_name().expect("a path with a parent has a name");
-        Ok((self.fd.as_ref().expect("just set").as_fd(), name))
-    }
-
-    fn forget(&mut self) {
-        self.path = None;
-        self.fd = None;
-    }
-}
-
 fn switch(
     tree: &TreeRoot,
     staging: &OwnedFd,
@@ -429,7 +402,12 @@ fn switch(
     journal: &Journal,
     steps: &mut Steps<'_>,
 ) -> Result<Switched, ApplyError> {
-    let mut parents = ParentCache { path: None, fd: None };
+    let mut parents = DirCursor::new(tree).map_err(|source| ApplyError::Switch {
+        step: steps.done,
+        op: "open",
+        path: RelPath::root(),
+        source,
+    })?;
     let mut trashed = Vec::new();
     let mut newly_trashed = 0;
     let owner_of = |owner: manifest::Owner| journal.preserve_owner.then_some(owner);
@@ -443,7 +421,7 @@ fn switch(
         }
         match op {
             Op::Delete { kind, .. } => {
-                let (dir, name) = match parents.get(tree, "delete", path) {
+                let (dir, name) = match parents.parent(tree, "delete", path) {
                     Ok(found) => found,
                     // Nothing reachable there: a parent is already gone or was
                     // replaced by this plan's kind change. Done.
@@ -467,11 +445,11 @@ fn switch(
                     Err(e) => return Err(fail(steps.done, io_error("delete", shown(), e))),
                 }
                 if *kind == Kind::Dir {
-                    parents.forget();
+                    parents.forget(path);
                 }
             }
             Op::MkDir { .. } => {
-                let (dir, name) = parents.get(tree, "mkdir", path).map_err(|e| fail(steps.done, e))?;
+                let (dir, name) = parents.parent(tree, "mkdir", path).map_err(|e| fail(steps.done, e))?;
                 match lstat_at(dir, name).map_err(|e| fail(steps.done, io_error("stat", shown(), e)))? {
                     Some(found) if found.kind == EntryKind::Dir => continue,
                     Some(found) => {
@@ -495,7 +473,7 @@ fn switch(
                 if staged_here.is_none() {
                     continue; // Already renamed into place.
                 }
-                let (dir, name) = parents.get(tree, "switch", path).map_err(|e| fail(steps.done, e))?;
+                let (dir, name) = parents.parent(tree, "switch", path).map_err(|e| fail(steps.done, e))?;
                 if let (true, Some(hash), Op::WriteFile { .. }) = (replaces, displaced, op) {
                     let current = lstat_at(dir, name).map_err(|e| fail(steps.done, io_error("stat", shown(), e)))?;
                     if current.map(|s| s.kind) == Some(EntryKind::File) {
@@ -510,7 +488,7 @@ fn switch(
                     .map_err(|e| fail(steps.done, io_error("rename into place", shown(), e)))?;
             }
             Op::SetFileMeta { file, .. } => {
-                let (dir, name) = parents.get(tree, "set metadata", path).map_err(|e| fail(steps.done, e))?;
+                let (dir, name) = parents.parent(tree, "set metadata", path).map_err(|e| fail(steps.done, e))?;
                 steps.next()?;
                 set_meta_at(dir, name, EntryKind::File, file.mode, file.mtime, owner_of(file.owner))
                     .map_err(|e| fail(steps.done, io_error("set file metadata", shown(), e)))?;
@@ -523,7 +501,7 @@ fn switch(
                     rustix::fs::futimens(tree.fd(), &mtime_only(meta.mtime))
                         .map_err(|e| fail(steps.done, io_error("set directory mtime", shown(), e)))?;
                 } else {
-                    let (dir, name) = parents.get(tree, "set metadata", path).map_err(|e| fail(steps.done, e))?;
+                    let (dir, name) = parents.parent(tree, "set metadata", path).map_err(|e| fail(steps.done, e))?;
                     set_meta_at(dir, name, EntryKind::Dir, meta.mode, meta.mtime, owner_of(meta.owner))
                         .map_err(|e| fail(steps.done, io_error("set directory metadata", shown(), e)))?;
                 }
@@ -551,6 +529,7 @@ fn verify(tree: &TreeRoot, plan: &Plan, mut target: Manifest) -> Result<Manifest
         Dir(DirMeta),
         Symlink(Box<[u8]>),
     }
+    let mut cursor = DirCursor::new(tree)?;
     // One batch: every refreshed entry rehashes its directory once, at the end.
     target.batch(|m| -> Result<(), ApplyError> {
         for path in touched {
@@ -563,7 +542,7 @@ fn verify(tree: &TreeRoot, plan: &Plan, mut target: Manifest) -> Result<Manifest
                 continue;
             }
             let shown = tree.shown(path);
-            let found = tree.lstat(path)?;
+            let found = cursor.lstat(tree, path)?;
             let mismatch =
                 |expected: String, found: String| ApplyError::Verify { path: shown.clone(), expected, found };
             let describe = |s: &Option<EntryStat>| match s {

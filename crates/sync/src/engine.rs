@@ -24,7 +24,7 @@ use crate::apply::{ApplyOptions, apply};
 use crate::capacity::CapacityProbe;
 use crate::guards::{self, DeleteLimits, PlanFacts, Refusal, SourceFacts, Subject};
 use crate::history::{Counts, History, HistoryRecord, RecordKind, RecordResult, RollbackTo, SyncId};
-use crate::remote::{PeerSource, Piece, RemoteError, plan_target};
+use crate::remote::{PeerSource, Piece, RemoteError, Wanted, plan_target};
 use crate::stage::{StagedWriter, Staging, stage_from_local};
 use crate::trash::Trash;
 
@@ -416,17 +416,20 @@ async fn fetch_missing<P: PeerSource>(
     }
     let size_of = |hash: &Hash| write_size(&plan.ops[ops_by_hash[hash][0]]);
     let total_bytes: u64 = order.iter().map(size_of).sum();
-    let mut batches: Vec<Vec<Hash>> = Vec::new();
+    // Each hash goes with the path the peer listed it at (the first op writing it:
+    // the target is the peer's tree), so the peer opens that file without a search.
+    let wanted_of = |hash: Hash| Wanted { hash, at: plan.ops[ops_by_hash[&hash][0]].path().clone() };
+    let mut batches: Vec<Vec<Wanted>> = Vec::new();
     let mut batch_bytes = 0;
     for hash in order {
         let size = size_of(&hash);
         match batches.last_mut() {
             Some(batch) if batch.len() < FETCH_BATCH_HASHES && batch_bytes + size <= FETCH_BATCH_BYTES => {
-                batch.push(hash);
+                batch.push(wanted_of(hash));
                 batch_bytes += size;
             }
             _ => {
-                batches.push(vec![hash]);
+                batches.push(vec![wanted_of(hash)]);
                 batch_bytes = size;
             }
         }
@@ -455,10 +458,11 @@ async fn fetch_missing<P: PeerSource>(
             let (received, files_done) = (Arc::clone(&received), Arc::clone(&files_done));
             let report_progress = &report_progress;
             async move {
-                let mut stream = peer.fetch(batch.clone()).await.map_err(|e| e.to_string())?;
+                let hashes: Vec<Hash> = batch.iter().map(|w| w.hash).collect();
+                let mut stream = peer.fetch(batch).await.map_err(|e| e.to_string())?;
                 let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Piece>>(8);
                 let writer = tokio::task::spawn_blocking(move || {
-                    write_pieces(rx, &staging, &plan, &ops_by_hash, &batch, &received, &files_done)
+                    write_pieces(rx, &staging, &plan, &ops_by_hash, &hashes, &received, &files_done)
                 });
                 let streamed: Result<(), String> = async {
                     loop {
@@ -687,7 +691,7 @@ impl PeerSource for NoPeer {
     async fn read_dir(&self, _hash: Hash) -> Result<crate::remote::Listing, RemoteError> {
         match *self {}
     }
-    async fn fetch(&self, _hashes: Vec<Hash>) -> Result<crate::remote::PieceStream, RemoteError> {
+    async fn fetch(&self, _wanted: Vec<crate::remote::Wanted>) -> Result<crate::remote::PieceStream, RemoteError> {
         match *self {}
     }
 }

@@ -91,7 +91,17 @@ pub enum RemoteError {
 pub trait PeerSource: Send + Sync {
     fn status(&self) -> impl Future<Output = Result<RemoteStatus, RemoteError>> + Send;
     fn read_dir(&self, hash: Hash) -> impl Future<Output = Result<Listing, RemoteError>> + Send;
-    fn fetch(&self, hashes: Vec<Hash>) -> impl Future<Output = Result<PieceStream, RemoteError>> + Send;
+    /// Streams the content of `wanted`, in order (see `FetchContent` in the proto).
+    fn fetch(&self, wanted: Vec<Wanted>) -> impl Future<Output = Result<PieceStream, RemoteError>> + Send;
+}
+
+/// One content hash to fetch, with a path at which the peer's own listings showed
+/// it: the peer can open that file directly instead of searching its manifest.
+/// Only a hint — the peer checks it, and the content is verified here anyway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    pub hash: Hash,
+    pub at: RelPath,
 }
 
 /// Directory listings in flight at once while planning.

@@ -25,7 +25,7 @@ use rustix::io::Errno;
 
 use crate::history::SyncId;
 use crate::trash::Trash;
-use crate::tree_fs::{TreeFsError, TreeRoot, io_error, mtime_only, set_inode_meta};
+use crate::tree_fs::{TreeFsError, TreeRoot, io_error, mtime_only, set_inode_meta, start_writeback};
 
 /// Where staging directories live, relative to the tree root.
 pub const STAGING_DIR: &str = ".stagingd/staging";
@@ -338,6 +338,7 @@ impl StagedWriter {
         let file = self.file.take().expect("the file is open until finish");
         set_inode_meta(&file, self.expected.mode, self.expected.mtime, self.owner)
             .map_err(|e| io_error("set metadata of staged file", self.shown.clone(), e))?;
+        start_writeback(&file);
         // Done: keep the entry (Drop removes it only while `file` is still open).
         self.name.clear();
         Ok(self.written)
@@ -374,13 +375,16 @@ pub fn stage_from_local(
         })
         .collect();
     let by_hash = current.paths_of_contents(&wanted);
+    // One listing of the trash rather than a lookup per file (a full copy writes
+    // 150,000); a listed object that is not a usable file fails its copy below.
+    let in_trash: std::collections::HashSet<Hash> = trash.hashes()?.into_iter().collect();
     let mut missing = Vec::new();
     for (index, op) in plan.ops.iter().enumerate() {
         match op {
             Op::Symlink { path, link, .. } => staging.stage_symlink(index, path, link)?,
             Op::WriteFile { path, file, .. } => {
                 let mut sources = Vec::new();
-                if trash.contains(&file.hash) {
+                if in_trash.contains(&file.hash) {
                     sources.push(LocalSource::Trash);
                 }
                 if let Some(from) = by_hash.get(&file.hash) {

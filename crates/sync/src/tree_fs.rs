@@ -256,6 +256,85 @@ impl TreeRoot {
     }
 }
 
+/// The open directories along the last path looked up, root first. Plans, and
+/// the verification after a switch, visit paths depth-first, so a parent is
+/// usually open already or one `openat(O_NOFOLLOW)` below an open ancestor:
+/// a symlink is never followed, as with [`TreeRoot::parent`], without
+/// resolving the whole path for every entry.
+pub(crate) struct DirCursor {
+    stack: Vec<(RelPath, OwnedFd)>,
+}
+
+impl DirCursor {
+    pub(crate) fn new(tree: &TreeRoot) -> Result<Self, TreeFsError> {
+        let root = tree.open_dir(&RelPath::root())?;
+        Ok(Self { stack: vec![(RelPath::root(), root)] })
+    }
+
+    /// The open parent directory of `path` and `path`'s last name; errors as
+    /// [`TreeRoot::parent`]'s.
+    pub(crate) fn parent<'p>(
+        &mut self,
+        tree: &TreeRoot,
+        op: &'static str,
+        path: &'p RelPath,
+    ) -> Result<(BorrowedFd<'_>, &'p [u8]), TreeFsError> {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(TreeFsError::Unsafe { op, path: tree.shown(path), why: "the tree root itself".to_owned() });
+        };
+        while !parent.starts_with(&self.stack.last().expect("the root is never popped").0) {
+            self.stack.pop();
+        }
+        let open = self.stack.len() - 1;
+        for component in parent.components().skip(open) {
+            let (dir_path, dir) = self.stack.last().expect("the root is never popped");
+            let fd = rustix::fs::openat(dir, component, DIR_FLAGS, Mode::empty())
+                .map_err(|e| tree.classify(op, path, e))?;
+            let child = dir_path.join(component).expect("a component of a valid path is a valid name");
+            self.stack.push((child, fd));
+        }
+        Ok((self.stack.last().expect("the root is never popped").1.as_fd(), name))
+    }
+
+    /// `lstat` of `path` as [`TreeRoot::lstat`]: `Ok(None)` when it or a parent
+    /// does not exist.
+    pub(crate) fn lstat(&mut self, tree: &TreeRoot, path: &RelPath) -> Result<Option<EntryStat>, TreeFsError> {
+        if path.is_root() {
+            return tree.lstat(path);
+        }
+        let (dir, name) = match self.parent(tree, "stat", path) {
+            Ok(found) => found,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        lstat_at(dir, name).map_err(|e| io_error("stat", tree.shown(path), e))
+    }
+
+    /// Closes `path` and everything open below it: it was removed or replaced.
+    pub(crate) fn forget(&mut self, path: &RelPath) {
+        if path.is_root() {
+            self.stack.truncate(1);
+            return;
+        }
+        while self.stack.last().expect("the root is never popped").0.starts_with(path) {
+            self.stack.pop();
+        }
+    }
+}
+
+/// Starts writing `fd`'s dirty pages back without waiting for it
+/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`), so a later `syncfs` finds most
+/// of a big staging already on its way to disk. Only a hint: no durability is
+/// promised, and an error changes nothing.
+pub(crate) fn start_writeback(fd: impl AsFd) {
+    use std::os::fd::AsRawFd;
+    let fd = fd.as_fd();
+    // SAFETY: `fd` is a valid open descriptor for the duration of the call, and
+    // sync_file_range neither reads nor writes our memory.
+    #[allow(unsafe_code)]
+    let _ = unsafe { libc::sync_file_range(fd.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+}
+
 fn beneath() -> ResolveFlags {
     ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS
 }
@@ -374,6 +453,34 @@ mod tests {
             assert_eq!(tree.lstat(&rel("a")).unwrap().unwrap().kind, EntryKind::Symlink);
             assert_eq!(tree.lstat(&rel("missing/x")).unwrap(), None);
         }
+    }
+
+    #[test]
+    fn dir_cursor_never_follows_a_symlink_and_forgets_what_was_replaced() {
+        let outside = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"x").unwrap();
+        std::fs::create_dir_all(root.path().join("d/e")).unwrap();
+        std::fs::write(root.path().join("d/e/f"), b"12").unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("a")).unwrap();
+        std::os::unix::fs::symlink("..", root.path().join("d/up")).unwrap();
+        let tree = TreeRoot::open(root.path()).unwrap();
+        let mut cursor = DirCursor::new(&tree).unwrap();
+        // Deep, then up and sideways into a symlink: refused, not followed.
+        assert_eq!(cursor.lstat(&tree, &rel("d/e/f")).unwrap().unwrap().size, 2);
+        for path in ["a/secret", "d/up/a/secret", "d/up/d/e/f"] {
+            let error = cursor.lstat(&tree, &rel(path)).unwrap_err();
+            assert!(matches!(error, TreeFsError::Unsafe { .. }), "{path}: {error}");
+        }
+        assert_eq!(cursor.lstat(&tree, &rel("d/missing/x")).unwrap(), None);
+        // `d/e` swapped for a symlink to the outside: a cursor that forgot it
+        // refuses the new path instead of using the old directory's descriptor.
+        assert_eq!(cursor.lstat(&tree, &rel("d/e/f")).unwrap().unwrap().size, 2);
+        std::fs::rename(root.path().join("d/e"), root.path().join("old-e")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("d/e")).unwrap();
+        cursor.forget(&rel("d/e"));
+        assert!(matches!(cursor.lstat(&tree, &rel("d/e/secret")), Err(TreeFsError::Unsafe { .. })));
+        assert_eq!(cursor.lstat(&tree, &rel("old-e/f")).unwrap().unwrap().size, 2);
     }
 
     #[test]

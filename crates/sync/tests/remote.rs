@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use manifest::{Dir, FileMeta, Hash, Manifest, Node, Owner, RelPath, ScanOptions, StatKey, Timestamp};
 use sync::engine::{Event, Outcome, SyncRequest, TreeSetup, sync_tree};
 use sync::guards::{DeleteLimits, SourcePool, SourceReadiness};
-use sync::remote::{ListedEntry, Listing, PeerSource, Piece, PieceStream, RemoteError, RemoteStatus, RemoteTree};
+use sync::remote::{ListedEntry, Listing, PeerSource, Piece, PieceStream, RemoteError, RemoteStatus, RemoteTree, Wanted};
 use sync::{FakeProbe, Space, StatvfsProbe};
 
 /// A rewrite of what the peer is about to send.
@@ -106,7 +106,8 @@ impl PeerSource for MemoryPeer {
         Ok(listing)
     }
 
-    async fn fetch(&self, hashes: Vec<Hash>) -> Result<PieceStream, RemoteError> {
+    async fn fetch(&self, wanted: Vec<Wanted>) -> Result<PieceStream, RemoteError> {
+        let hashes: Vec<Hash> = wanted.iter().map(|w| w.hash).collect();
         self.fetched.lock().unwrap().extend(hashes.iter().copied());
         let mut pieces = Vec::new();
         for hash in hashes {
