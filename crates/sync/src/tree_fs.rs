@@ -288,8 +288,8 @@ impl DirCursor {
         let open = self.stack.len() - 1;
         for component in parent.components().skip(open) {
             let (dir_path, dir) = self.stack.last().expect("the root is never popped");
-            let fd = rustix::fs::openat(dir, component, DIR_FLAGS, Mode::empty())
-                .map_err(|e| tree.classify(op, path, e))?;
+            let fd =
+                rustix::fs::openat(dir, component, DIR_FLAGS, Mode::empty()).map_err(|e| tree.classify(op, path, e))?;
             let child = dir_path.join(component).expect("a component of a valid path is a valid name");
             self.stack.push((child, fd));
         }
