@@ -8,6 +8,7 @@
 
 mod admin_service;
 mod config;
+mod inotify_watch;
 mod metrics;
 mod node;
 mod operations;
