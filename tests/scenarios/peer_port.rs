@@ -95,8 +95,11 @@ fn read_dir_and_fetch_content_serve_the_manifest() {
         // A small and a big blob, and one the peer does not have.
         let unknown = [9u8; 32].to_vec();
         let hashes = vec![root.entries[0].hash.clone(), root.entries[1].hash.clone(), unknown.clone()];
-        let mut stream =
-            peer.fetch_content(pb::FetchContentRequest { tree: "staging".into(), hashes }).await.unwrap().into_inner();
+        let mut stream = peer
+            .fetch_content(pb::FetchContentRequest { tree: "staging".into(), hashes, path_hints: Vec::new() })
+            .await
+            .unwrap()
+            .into_inner();
         let mut blobs: std::collections::HashMap<Vec<u8>, (Vec<u8>, bool)> = Default::default();
         while let Some(chunk) = stream.next().await {
             for blob in chunk.unwrap().blobs {

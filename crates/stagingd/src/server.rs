@@ -73,9 +73,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             if let Err(e) = tree.rescan().await {
                 tracing::error!(tree = %tree.name, "scan failed: {e:#}");
             }
-            // Watch after the first scan: the scan opens every file it hashes, and
-            // notify's inotify mask includes IN_OPEN, so watching during it would
-            // overflow the kernel queue on a large tree. The watcher rescans once
+            // Watch after the first scan: the manifest is what events are applied
+            // to, and setting up a watch per directory while the scan walks the
+            // same directories would only compete with it. The watcher rescans once
             // (stat-cached) as soon as it watches, to catch changes made meanwhile.
             tokio::spawn(crate::watcher::run(Arc::clone(&tree), watch_settings, watch_shutdown));
             drop(scanned);

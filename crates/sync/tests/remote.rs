@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use manifest::{Dir, FileMeta, Hash, Manifest, Node, Owner, RelPath, ScanOptions, StatKey, Timestamp};
 use sync::engine::{Event, Outcome, SyncRequest, TreeSetup, sync_tree};
 use sync::guards::{DeleteLimits, SourcePool, SourceReadiness};
-use sync::remote::{ListedEntry, Listing, PeerSource, Piece, PieceStream, RemoteError, RemoteStatus, RemoteTree, Wanted};
+use sync::remote::{
+    ListedEntry, Listing, PeerSource, Piece, PieceStream, RemoteError, RemoteStatus, RemoteTree, Wanted,
+};
 use sync::{FakeProbe, Space, StatvfsProbe};
 
 /// A rewrite of what the peer is about to send.
