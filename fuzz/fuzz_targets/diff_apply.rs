@@ -102,7 +102,7 @@ impl Builder<'_> {
                 }),
                 _ => {
                     let mode = self.pick(&DIR_MODES)?;
-                    Node::Dir(self.dir(mode, depth + 1)?)
+                    Node::Dir(self.dir(mode, depth + 1)?.into())
                 }
             };
             children.push(Entry { name, node });

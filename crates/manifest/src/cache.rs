@@ -218,7 +218,7 @@ impl<'a> Reader<'a> {
                     owner: self.owner()?,
                     hash: Hash(self.array()?),
                 }),
-                Some(Kind::Dir) => Node::Dir(self.dir(depth + 1, child_len)?),
+                Some(Kind::Dir) => Node::Dir(self.dir(depth + 1, child_len)?.into()),
                 Some(Kind::Symlink) => {
                     let len = self.u32()? as usize;
                     Node::Symlink(SymlinkMeta {

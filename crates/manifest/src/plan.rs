@@ -428,7 +428,7 @@ impl Manifest {
                         if m.get(path).is_some() {
                             return Err(step("something is already there"));
                         }
-                        m.insert(path, Node::Dir(Dir::empty(*meta)))?;
+                        m.insert(path, Node::Dir(Dir::empty(*meta).into()))?;
                     }
                     Op::WriteFile { path, file, replaces } => {
                         match (m.get(path), replaces) {

@@ -362,11 +362,11 @@ impl Walker<'_> {
         let node = if file_type.is_dir() {
             let previous_dir = match previous {
                 Some(PreviousNode::Borrowed(Node::Dir(d))) => Some(PreviousDir::Borrowed(d)),
-                Some(PreviousNode::Owned(Node::Dir(d))) => Some(PreviousDir::Owned(d)),
+                Some(PreviousNode::Owned(Node::Dir(d))) => Some(PreviousDir::Owned(std::sync::Arc::unwrap_or_clone(d))),
                 _ => None,
             };
             match self.scan_dir(&abs, &path, dir_meta(&metadata), previous_dir) {
-                Ok(dir) => Node::Dir(dir),
+                Ok(dir) => Node::Dir(dir.into()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
                 Err(e) => {
                     self.skip(path.display(), SkipReason::Unreadable(e.to_string()));
@@ -548,7 +548,7 @@ pub fn update_paths(
                     _ => match walker.scan_dir(&abs, &path, dir_meta(&metadata), None) {
                         Ok(dir) => {
                             scanned_whole.push(path.clone());
-                            Node::Dir(dir)
+                            Node::Dir(dir.into())
                         }
                         Err(e) => {
                             walker.skip(path.display(), SkipReason::Unreadable(e.to_string()));

@@ -122,7 +122,7 @@ impl Kind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Node {
     File(FileMeta),
-    Dir(Dir),
+    Dir(std::sync::Arc<Dir>),
     Symlink(SymlinkMeta),
 }
 
@@ -278,7 +278,7 @@ impl Dir {
             Some((first, rest)) => {
                 let index = self.position(first).map_err(|_| TreeError::ParentNotDir(full.clone()))?;
                 match &mut self.children[index].node {
-                    Node::Dir(child) => child.with_dir_mut(full, rest, refresh, change)?,
+                    Node::Dir(child) => std::sync::Arc::make_mut(child).with_dir_mut(full, rest, refresh, change)?,
                     _ => return Err(TreeError::ParentNotDir(full.clone())),
                 }
             }
@@ -605,7 +605,7 @@ mod tests {
     fn insert_and_remove_keep_hashes_and_totals_in_step() {
         let mut m = Manifest::empty();
         let empty_root = m.root_hash();
-        m.insert(&p("d"), Node::Dir(Dir::empty(DirMeta { mode: 0o755, ..Default::default() }))).unwrap();
+        m.insert(&p("d"), Node::Dir(Dir::empty(DirMeta { mode: 0o755, ..Default::default() }).into())).unwrap();
         m.insert(&p("d/a"), file(b"abc")).unwrap();
         assert_eq!(m.totals(), Totals { files: 1, dirs: 1, symlinks: 0, bytes: 3 });
 
@@ -614,10 +614,13 @@ mod tests {
             DirMeta { mode: 0o755, ..Default::default() },
             vec![Entry {
                 name: (*b"d").into(),
-                node: Node::Dir(Dir::new(
-                    DirMeta { mode: 0o755, ..Default::default() },
-                    vec![Entry { name: (*b"a").into(), node: file(b"abc") }],
-                )),
+                node: Node::Dir(
+                    Dir::new(
+                        DirMeta { mode: 0o755, ..Default::default() },
+                        vec![Entry { name: (*b"a").into(), node: file(b"abc") }],
+                    )
+                    .into(),
+                ),
             }],
         ));
         assert_eq!(m.root_hash(), built.root_hash());
@@ -632,7 +635,7 @@ mod tests {
     #[test]
     fn directory_mtime_and_owner_are_not_hashed_but_mode_is() {
         let mut m = Manifest::empty();
-        m.insert(&p("d"), Node::Dir(Dir::empty(DirMeta { mode: 0o755, ..Default::default() }))).unwrap();
+        m.insert(&p("d"), Node::Dir(Dir::empty(DirMeta { mode: 0o755, ..Default::default() }).into())).unwrap();
         let before = m.root_hash();
         let moved = DirMeta { mode: 0o755, mtime: Timestamp::new(99, 1), owner: Owner { uid: 7, gid: 8 } };
         m.set_dir_meta(&p("d"), moved).unwrap();

@@ -68,7 +68,7 @@ fn to_node(spec: &Spec) -> Node {
             mtime: Timestamp::default(),
             owner: Owner::default(),
         }),
-        Spec::Dir { mode, children } => Node::Dir(to_dir(*mode, children)),
+        Spec::Dir { mode, children } => Node::Dir(to_dir(*mode, children).into()),
     }
 }
 

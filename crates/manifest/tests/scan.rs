@@ -327,7 +327,7 @@ fn a_cache_claiming_impossible_sizes_or_paths_is_discarded_not_trusted() {
     for _ in 0..17 {
         deep = manifest::Dir::new(
             manifest::DirMeta::default(),
-            vec![manifest::Entry { name: name.as_bytes().into(), node: Node::Dir(deep) }],
+            vec![manifest::Entry { name: name.as_bytes().into(), node: Node::Dir(deep.into()) }],
         );
     }
     cache::save(&Manifest::new(deep), &root, &cache_path).unwrap();

@@ -308,7 +308,7 @@ mod tests {
     fn locate_uses_hints_the_manifest_confirms_and_searches_for_the_rest() {
         let mut manifest = Manifest::new(Dir::new(DirMeta::default(), Vec::new()));
         let rel = |s: &str| RelPath::new(s).unwrap();
-        manifest.insert(&rel("a"), Node::Dir(Dir::new(DirMeta::default(), Vec::new()))).unwrap();
+        manifest.insert(&rel("a"), Node::Dir(Dir::new(DirMeta::default(), Vec::new()).into())).unwrap();
         manifest.insert(&rel("a/one"), file(b"1")).unwrap();
         manifest.insert(&rel("a/one-again"), file(b"1")).unwrap();
         manifest.insert(&rel("two"), file(b"2")).unwrap();

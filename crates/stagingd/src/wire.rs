@@ -166,7 +166,7 @@ mod tests {
         };
         let p = |s: &str| RelPath::new(s).unwrap();
         m.insert(&p("a"), file(b"a")).unwrap();
-        m.insert(&p("d"), Node::Dir(Dir::empty(DirMeta { mode: 0o755, ..DirMeta::default() }))).unwrap();
+        m.insert(&p("d"), Node::Dir(Dir::empty(DirMeta { mode: 0o755, ..DirMeta::default() }).into())).unwrap();
         m.insert(&p("d/x"), file(b"x")).unwrap();
         m.insert(
             &p("l"),

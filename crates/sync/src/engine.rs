@@ -159,12 +159,20 @@ pub async fn sync_tree<P: PeerSource>(
     }
 
     progress(events, "planning", 0, 0);
+    let phase = Instant::now();
     let target = match plan_target(peer, &local, remote.root, &setup.excludes).await {
         Ok(target) => target,
         Err(e) => return report.ending(Outcome::Failed(e.to_string())),
     };
+    let listed = phase.elapsed();
     let plan = manifest::diff(&local, &target);
     drop(target);
+    tracing::debug!(
+        tree = %setup.name,
+        listing_millis = listed.as_millis() as u64,
+        diff_millis = (phase.elapsed() - listed).as_millis() as u64,
+        "planned"
+    );
     if plan.is_empty() {
         return report.ending(Outcome::NothingToDo);
     }

@@ -124,18 +124,20 @@ pub async fn plan_target<P: PeerSource>(
     if remote_root == local.root_hash() {
         return Ok(local.clone());
     }
-    let mut known: HashMap<Hash, &Dir> = HashMap::new();
+    let mut known: HashMap<Hash, &Arc<Dir>> = HashMap::new();
     index_dirs(local.root(), &mut known);
     let walker = Walker { peer, known, excludes, permits: Arc::new(Semaphore::new(PLAN_CONCURRENCY)) };
     // The root's own metadata comes from its listing (it has no parent entry).
     let root = walker.dir(RelPath::root(), remote_root, None).await?;
-    Ok(Manifest::new(root))
+    Ok(Manifest::new(Arc::unwrap_or_clone(root)))
 }
 
-fn index_dirs<'a>(dir: &'a Dir, known: &mut HashMap<Hash, &'a Dir>) {
-    known.entry(dir.hash()).or_insert(dir);
+/// Every directory below `dir` by hash: the peer's directories with one of these
+/// hashes are shared with our manifest, not listed (nor copied: an `Arc`).
+fn index_dirs<'a>(dir: &'a Dir, known: &mut HashMap<Hash, &'a Arc<Dir>>) {
     for entry in dir.children() {
         if let Node::Dir(d) = &entry.node {
+            known.entry(d.hash()).or_insert(d);
             index_dirs(d, known);
         }
     }
@@ -143,7 +145,7 @@ fn index_dirs<'a>(dir: &'a Dir, known: &mut HashMap<Hash, &'a Dir>) {
 
 struct Walker<'a, P> {
     peer: &'a P,
-    known: HashMap<Hash, &'a Dir>,
+    known: HashMap<Hash, &'a Arc<Dir>>,
     excludes: &'a Excludes,
     permits: Arc<Semaphore>,
 }
@@ -157,15 +159,19 @@ impl<P: PeerSource> Walker<'_, P> {
         path: RelPath,
         hash: Hash,
         meta: Option<DirMeta>,
-    ) -> Pin<Box<dyn Future<Output = Result<Dir, RemoteError>> + Send + 's>>
+    ) -> Pin<Box<dyn Future<Output = Result<Arc<Dir>, RemoteError>> + Send + 's>>
     where
         P: 's,
     {
         Box::pin(async move {
             if let (Some(local), Some(meta)) = (self.known.get(&hash), meta) {
-                let mut dir = (*local).clone();
+                if local.meta == meta {
+                    return Ok(Arc::clone(local));
+                }
+                // Same content, other mode or mtime: a copy of this one level.
+                let mut dir = Dir::clone(local);
                 dir.meta = meta;
-                return Ok(dir);
+                return Ok(Arc::new(dir));
             }
             let listing = {
                 let _permit = self.permits.acquire().await.expect("the semaphore is never closed");
@@ -239,7 +245,7 @@ impl<P: PeerSource> Walker<'_, P> {
                 children.push(Entry { name, node });
             }
             let meta = meta.unwrap_or(listing.meta);
-            Ok(self.without_excluded(&path, Dir::new(meta, children)))
+            Ok(Arc::new(self.without_excluded(&path, Dir::new(meta, children))))
         })
     }
 
