@@ -290,6 +290,16 @@ async fn apply_plan<P: PeerSource>(
     let sync_id = SyncId::generate(unix_now(), plan.id);
     report.sync_id = Some(sync_id.clone());
     let plan = Arc::new(plan);
+    // The before-manifest (what a rollback of this sync restores) is written and
+    // made durable while content is staged and fetched; the switch waits for it.
+    // If the sync stops before its switch, the next retention removes the file.
+    let saving_before = {
+        let (state_dir, root, local, sync_id) =
+            (setup.state_dir.clone(), setup.root.clone(), Arc::clone(&local), sync_id.clone());
+        tokio::task::spawn_blocking(move || {
+            History::open(&state_dir).save_before(&sync_id, &local, &root).map_err(|e| e.to_string())
+        })
+    };
     progress(events, "copying local content", 0, plan.totals.bytes_to_write);
 
     let phase = Instant::now();
@@ -337,25 +347,32 @@ async fn apply_plan<P: PeerSource>(
     }
 
     tracing::debug!(tree = %setup.name, millis = phase.elapsed().as_millis() as u64, "fetched");
+    let phase = Instant::now();
+    let saved_before = match saving_before.await {
+        Ok(saved) => saved,
+        Err(e) => Err(format!("the task writing it failed: {e}")),
+    };
+    if let Err(e) = saved_before {
+        discard(staging).await;
+        return report.ending(Outcome::Failed(format!("saving the before-manifest a rollback needs: {e}")));
+    }
+    let waited_for_before = phase.elapsed();
     progress(events, "switching", 0, plan.ops.len() as u64);
     let applied = {
-        let (setup, plan, local, staging, sync_id) =
-            (setup.clone(), Arc::clone(&plan), Arc::clone(&local), Arc::clone(&staging), sync_id.clone());
+        let (setup, plan, local, staging) =
+            (setup.clone(), Arc::clone(&plan), Arc::clone(&local), Arc::clone(&staging));
         blocking(move || -> Result<crate::Applied, String> {
             let timer = Instant::now();
             staging.finish().map_err(|e| e.to_string())?;
             let synced = timer.elapsed();
-            let history = History::open(&setup.state_dir);
-            history.save_before(&sync_id, &local, &setup.root).map_err(|e| e.to_string())?;
-            let saved = timer.elapsed();
             let options = ApplyOptions { preserve_owner: setup.preserve_owner, step_hook: None };
             let applied =
                 apply(&setup.root, &setup.state_dir, &local, &plan, &staging, &options).map_err(|e| e.to_string());
             tracing::debug!(
                 tree = %setup.name,
                 syncfs_millis = synced.as_millis() as u64,
-                save_before_millis = (saved - synced).as_millis() as u64,
-                apply_millis = (timer.elapsed() - saved).as_millis() as u64,
+                waited_for_before_millis = waited_for_before.as_millis() as u64,
+                apply_millis = (timer.elapsed() - synced).as_millis() as u64,
                 "apply phases"
             );
             applied
