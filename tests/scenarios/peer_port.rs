@@ -84,6 +84,7 @@ fn read_dir_and_fetch_content_serve_the_manifest() {
             .read_dir(pb::ReadDirRequest {
                 tree: String::new(),
                 target: Some(pb::read_dir_request::Target::Path(Vec::new())),
+                path_hint: Vec::new(),
             })
             .await
             .unwrap()
@@ -91,6 +92,19 @@ fn read_dir_and_fetch_content_serve_the_manifest() {
         assert_eq!(root.hash, local.root_hash().as_bytes());
         let names: Vec<&[u8]> = root.entries.iter().map(|e| e.name.as_slice()).collect();
         assert_eq!(names, [&b"a.php"[..], b"big.bin"]);
+        // By hash, with a right, a wrong and a malformed path hint: the same directory.
+        for hint in [&b""[..], b"a.php", b"no/such/dir", b"../x"] {
+            let by_hash = peer
+                .read_dir(pb::ReadDirRequest {
+                    tree: String::new(),
+                    target: Some(pb::read_dir_request::Target::DirHash(root.hash.clone())),
+                    path_hint: hint.to_vec(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(by_hash, root, "hint {hint:?}");
+        }
 
         // A small and a big blob, and one the peer does not have.
         let unknown = [9u8; 32].to_vec();
@@ -112,6 +126,25 @@ fn read_dir_and_fetch_content_serve_the_manifest() {
         assert_eq!(blobs[&root.entries[0].hash].0, b"<?php\n");
         assert_eq!(blobs[&root.entries[1].hash].0, vec![7u8; 3 << 20]);
         assert!(blobs[&unknown].1, "unknown content is reported missing");
+
+        // Path hints, right ones and a wrong one, change nothing in what is sent.
+        let hashes = vec![root.entries[0].hash.clone(), root.entries[1].hash.clone()];
+        for path_hints in [vec![b"a.php".to_vec(), b"big.bin".to_vec()], vec![b"big.bin".to_vec(), b"x".to_vec()]] {
+            let mut stream = peer
+                .fetch_content(pb::FetchContentRequest { tree: "staging".into(), hashes: hashes.clone(), path_hints })
+                .await
+                .unwrap()
+                .into_inner();
+            let mut received: std::collections::HashMap<Vec<u8>, Vec<u8>> = Default::default();
+            while let Some(chunk) = stream.next().await {
+                for blob in chunk.unwrap().blobs {
+                    assert!(!blob.missing);
+                    received.entry(blob.hash.clone()).or_default().extend_from_slice(&blob.data);
+                }
+            }
+            assert_eq!(received[&root.entries[0].hash], b"<?php\n");
+            assert_eq!(received[&root.entries[1].hash], vec![7u8; 3 << 20]);
+        }
     });
 }
 

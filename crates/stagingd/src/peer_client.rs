@@ -4,7 +4,7 @@
 //! errors here, and the engine checks names, order and hashes again.
 
 use futures::StreamExt;
-use manifest::Hash;
+use manifest::{Hash, RelPath};
 use proto::v1 as pb;
 use proto::v1::peer_client::PeerClient;
 use sync::guards::{SourcePool, SourceReadiness};
@@ -67,11 +67,12 @@ impl PeerSource for GrpcPeer {
         remote_status(&status.into_inner(), &self.tree)
     }
 
-    async fn read_dir(&self, hash: Hash) -> Result<Listing, RemoteError> {
+    async fn read_dir(&self, hash: Hash, at: &RelPath) -> Result<Listing, RemoteError> {
         let mut client = self.client.clone();
         let request = pb::ReadDirRequest {
             tree: self.tree.clone(),
             target: Some(pb::read_dir_request::Target::DirHash(hash.as_bytes().to_vec())),
+            path_hint: at.as_bytes().to_vec(),
         };
         match client.read_dir(request).await {
             Ok(response) => wire::listing_from_proto(&response.into_inner())

@@ -64,24 +64,33 @@ impl pb::peer_server::Peer for PeerService {
         let request = request.into_inner();
         let tree = self.node.tree(&request.tree)?;
         let manifest = tree.view().manifest;
-        let dir = match request.target {
-            None => return Err(Status::invalid_argument("ReadDir needs a path or a dir_hash")),
-            Some(pb::read_dir_request::Target::Path(path)) => {
-                let path = RelPath::new(&path).map_err(|e| Status::invalid_argument(e.to_string()))?;
-                manifest
-                    .dir(&path)
-                    .ok_or_else(|| Status::not_found(format!("no directory {path} in tree {}", tree.name)))?
-            }
-            Some(pb::read_dir_request::Target::DirHash(hash)) => {
-                let hash =
-                    Hash::from_slice(&hash).ok_or_else(|| Status::invalid_argument("dir_hash must be 32 bytes"))?;
-                let index = tree.dir_index(&manifest);
-                index
-                    .get(&hash)
-                    .and_then(|path| manifest.dir(path))
-                    .ok_or_else(|| Status::not_found(format!("no directory with hash {hash} in tree {}", tree.name)))?
-            }
-        };
+        let dir =
+            match request.target {
+                None => return Err(Status::invalid_argument("ReadDir needs a path or a dir_hash")),
+                Some(pb::read_dir_request::Target::Path(path)) => {
+                    let path = RelPath::new(&path).map_err(|e| Status::invalid_argument(e.to_string()))?;
+                    manifest
+                        .dir(&path)
+                        .ok_or_else(|| Status::not_found(format!("no directory {path} in tree {}", tree.name)))?
+                }
+                Some(pb::read_dir_request::Target::DirHash(hash)) => {
+                    let hash =
+                        Hash::from_slice(&hash).ok_or_else(|| Status::invalid_argument("dir_hash must be 32 bytes"))?;
+                    // The caller's hint first: a lookup by path, where building the
+                    // index by hash walks every directory of a manifest it has not
+                    // indexed yet (every manifest after a change).
+                    let hinted = RelPath::new(&request.path_hint)
+                        .ok()
+                        .and_then(|path| manifest.dir(&path))
+                        .filter(|dir| dir.hash() == hash);
+                    match hinted {
+                        Some(dir) => dir,
+                        None => tree.dir_index(&manifest).get(&hash).and_then(|path| manifest.dir(path)).ok_or_else(
+                            || Status::not_found(format!("no directory with hash {hash} in tree {}", tree.name)),
+                        )?,
+                    }
+                }
+            };
         Ok(Response::new(crate::wire::dir_to_proto(dir, manifest.root_hash())))
     }
 

@@ -90,7 +90,9 @@ pub enum RemoteError {
 /// What the engine needs from a peer, for one tree.
 pub trait PeerSource: Send + Sync {
     fn status(&self) -> impl Future<Output = Result<RemoteStatus, RemoteError>> + Send;
-    fn read_dir(&self, hash: Hash) -> impl Future<Output = Result<Listing, RemoteError>> + Send;
+    /// The listing of the peer's directory with hash `hash`, which the peer's
+    /// parent listing showed at `at` (a hint: any directory with that hash will do).
+    fn read_dir(&self, hash: Hash, at: &RelPath) -> impl Future<Output = Result<Listing, RemoteError>> + Send;
     /// Streams the content of `wanted`, in order (see `FetchContent` in the proto).
     fn fetch(&self, wanted: Vec<Wanted>) -> impl Future<Output = Result<PieceStream, RemoteError>> + Send;
 }
@@ -175,7 +177,7 @@ impl<P: PeerSource> Walker<'_, P> {
             }
             let listing = {
                 let _permit = self.permits.acquire().await.expect("the semaphore is never closed");
-                tokio::time::timeout(READ_DIR_TIMEOUT, self.peer.read_dir(hash)).await.map_err(|_| {
+                tokio::time::timeout(READ_DIR_TIMEOUT, self.peer.read_dir(hash, &path)).await.map_err(|_| {
                     RemoteError::Unavailable(format!(
                         "no listing of {} within {} s: the peer stalled; nothing was applied",
                         path.display(),

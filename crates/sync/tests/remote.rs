@@ -83,7 +83,7 @@ impl PeerSource for MemoryPeer {
         })
     }
 
-    async fn read_dir(&self, hash: Hash) -> Result<Listing, RemoteError> {
+    async fn read_dir(&self, hash: Hash, _at: &RelPath) -> Result<Listing, RemoteError> {
         self.read_dirs.fetch_add(1, Ordering::Relaxed);
         if self.hang_read_dir {
             futures::future::pending::<()>().await;
