@@ -217,6 +217,9 @@ impl Dir {
             }
             same
         });
+        // Children collected in parallel come in a vector with room to spare;
+        // a manifest lives for the daemon's lifetime, the spare room with it.
+        children.shrink_to_fit();
         let mut dir = Self { meta, children, hash: Hash::default(), totals: Totals::default() };
         dir.refresh();
         dir

@@ -9,6 +9,7 @@
 mod admin_service;
 mod config;
 mod inotify_watch;
+mod memory;
 mod metrics;
 mod node;
 mod operations;
@@ -34,6 +35,7 @@ pub fn unix_now() -> i64 {
 }
 
 fn main() -> ExitCode {
+    memory::one_arena();
     let flags = config::Flags::parse();
     let config = match config::Config::load(flags) {
         Ok(config) => config,

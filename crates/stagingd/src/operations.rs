@@ -160,6 +160,8 @@ async fn run_tree(
     }
     drop(guard);
     log_outcome(node, tree, operation, who, &result, started);
+    // The plan, the target and the staging bookkeeping are freed by now.
+    tokio::task::spawn_blocking(crate::memory::release_freed);
     result
 }
 

@@ -221,6 +221,8 @@ impl TreeState {
         if !installed {
             tracing::debug!(tree = %self.name, "a newer manifest was installed during the scan; keeping it");
         }
+        drop(base);
+        tokio::task::spawn_blocking(crate::memory::release_freed);
         Ok(())
     }
 
