@@ -67,18 +67,39 @@ impl PeerSource for GrpcPeer {
         remote_status(&status.into_inner(), &self.tree)
     }
 
-    async fn read_dir(&self, hash: Hash, at: &RelPath) -> Result<Listing, RemoteError> {
+    async fn read_dirs(&self, wanted: Vec<(Hash, RelPath)>) -> Result<Vec<Listing>, RemoteError> {
         let mut client = self.client.clone();
-        let request = pb::ReadDirRequest {
+        let request = pb::ReadDirsRequest {
             tree: self.tree.clone(),
-            target: Some(pb::read_dir_request::Target::DirHash(hash.as_bytes().to_vec())),
-            path_hint: at.as_bytes().to_vec(),
+            dir_hashes: wanted.iter().map(|(hash, _)| hash.as_bytes().to_vec()).collect(),
+            path_hints: wanted.iter().map(|(_, at)| at.as_bytes().to_vec()).collect(),
         };
-        match client.read_dir(request).await {
-            Ok(response) => wire::listing_from_proto(&response.into_inner())
-                .map_err(|e| RemoteError::BadListing { path: hash.short(16), why: e.to_string() }),
-            Err(status) if status.code() == tonic::Code::NotFound => Err(RemoteError::DirGone(hash)),
-            Err(status) => Err(unavailable(&status)),
+        let mut stream = match client.read_dirs(request).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return Err(unavailable(&status)),
+        };
+        let mut listings = Vec::with_capacity(wanted.len());
+        loop {
+            match stream.message().await {
+                Ok(Some(response)) => {
+                    let (hash, at) = wanted.get(listings.len()).ok_or_else(|| RemoteError::BadListing {
+                        path: String::new(),
+                        why: format!("more listings than the {} directories asked for", wanted.len()),
+                    })?;
+                    let listing = wire::listing_from_proto(&response).map_err(|e| RemoteError::BadListing {
+                        path: format!("{} ({})", at.display(), hash.short(16)),
+                        why: e.to_string(),
+                    })?;
+                    listings.push(listing);
+                }
+                Ok(None) => return Ok(listings),
+                Err(status) if status.code() == tonic::Code::NotFound => {
+                    // The first directory not listed is the one the peer no longer has.
+                    let hash = wanted.get(listings.len()).map_or_else(Hash::default, |(hash, _)| *hash);
+                    return Err(RemoteError::DirGone(hash));
+                }
+                Err(status) => return Err(unavailable(&status)),
+            }
         }
     }
 

@@ -20,12 +20,15 @@ use tonic::{Request, Response, Status};
 
 use crate::node::Node as DaemonNode;
 use crate::pool::PoolState;
+use crate::tree::TreeState;
 use crate::unix_now;
 
 /// Data bytes per `ContentChunk` message (see the proto).
 pub const CHUNK_BYTES: usize = 1 << 20;
 /// Hashes one `FetchContent` request may ask for.
 pub const MAX_HASHES_PER_FETCH: usize = 20_000;
+/// Directories one `ReadDirs` call may ask for.
+pub const MAX_DIRS_PER_READ: usize = 4096;
 /// Messages buffered per content stream before the reader waits for the network.
 const STREAM_BUFFER: usize = 4;
 
@@ -64,34 +67,60 @@ impl pb::peer_server::Peer for PeerService {
         let request = request.into_inner();
         let tree = self.node.tree(&request.tree)?;
         let manifest = tree.view().manifest;
-        let dir =
-            match request.target {
-                None => return Err(Status::invalid_argument("ReadDir needs a path or a dir_hash")),
-                Some(pb::read_dir_request::Target::Path(path)) => {
-                    let path = RelPath::new(&path).map_err(|e| Status::invalid_argument(e.to_string()))?;
-                    manifest
-                        .dir(&path)
-                        .ok_or_else(|| Status::not_found(format!("no directory {path} in tree {}", tree.name)))?
-                }
-                Some(pb::read_dir_request::Target::DirHash(hash)) => {
-                    let hash =
-                        Hash::from_slice(&hash).ok_or_else(|| Status::invalid_argument("dir_hash must be 32 bytes"))?;
-                    // The caller's hint first: a lookup by path, where building the
-                    // index by hash walks every directory of a manifest it has not
-                    // indexed yet (every manifest after a change).
-                    let hinted = RelPath::new(&request.path_hint)
-                        .ok()
-                        .and_then(|path| manifest.dir(&path))
-                        .filter(|dir| dir.hash() == hash);
-                    match hinted {
-                        Some(dir) => dir,
-                        None => tree.dir_index(&manifest).get(&hash).and_then(|path| manifest.dir(path)).ok_or_else(
-                            || Status::not_found(format!("no directory with hash {hash} in tree {}", tree.name)),
-                        )?,
-                    }
-                }
-            };
+        let dir = match request.target {
+            None => return Err(Status::invalid_argument("ReadDir needs a path or a dir_hash")),
+            Some(pb::read_dir_request::Target::Path(path)) => {
+                let path = RelPath::new(&path).map_err(|e| Status::invalid_argument(e.to_string()))?;
+                manifest
+                    .dir(&path)
+                    .ok_or_else(|| Status::not_found(format!("no directory {path} in tree {}", tree.name)))?
+            }
+            Some(pb::read_dir_request::Target::DirHash(hash)) => {
+                let hash =
+                    Hash::from_slice(&hash).ok_or_else(|| Status::invalid_argument("dir_hash must be 32 bytes"))?;
+                find_dir(&tree, &manifest, hash, &request.path_hint)?
+            }
+        };
         Ok(Response::new(crate::wire::dir_to_proto(dir, manifest.root_hash())))
+    }
+
+    type ReadDirsStream = BoxStream<pb::ReadDirResponse>;
+
+    async fn read_dirs(&self, request: Request<pb::ReadDirsRequest>) -> Result<Response<Self::ReadDirsStream>, Status> {
+        self.refuse_if_depooled()?;
+        let request = request.into_inner();
+        if request.dir_hashes.len() > MAX_DIRS_PER_READ {
+            return Err(Status::invalid_argument(format!(
+                "{} directories in one request; the limit is {MAX_DIRS_PER_READ}",
+                request.dir_hashes.len()
+            )));
+        }
+        let hashes = request
+            .dir_hashes
+            .iter()
+            .map(|h| Hash::from_slice(h).ok_or_else(|| Status::invalid_argument("every dir_hash must be 32 bytes")))
+            .collect::<Result<Vec<Hash>, Status>>()?;
+        let hints =
+            if request.path_hints.len() == hashes.len() { request.path_hints } else { vec![Vec::new(); hashes.len()] };
+        let tree = Arc::clone(self.node.tree(&request.tree)?);
+        let manifest = tree.view().manifest;
+        // Answered from one manifest, so the listings are of one version of the tree.
+        let listings: Vec<Result<pb::ReadDirResponse, Status>> = hashes
+            .iter()
+            .zip(&hints)
+            .map(|(&hash, hint)| {
+                find_dir(&tree, &manifest, hash, hint).map(|dir| crate::wire::dir_to_proto(dir, manifest.root_hash()))
+            })
+            .scan(false, |failed, item| {
+                // Nothing after the first NOT_FOUND: it ends the stream.
+                if *failed {
+                    return None;
+                }
+                *failed = item.is_err();
+                Some(item)
+            })
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(listings))))
     }
 
     type FetchContentStream = BoxStream<pb::ContentChunk>;
@@ -156,6 +185,26 @@ impl pb::peer_server::Peer for PeerService {
         // does not wait on subscribers that would otherwise listen forever.
         let stream = merged.take_until(self.node.shutdown.clone().cancelled_owned());
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// The directory of `manifest` with hash `hash`: at `hint` when it is there (a
+/// lookup by path), else any directory with that hash (the tree's index by hash,
+/// built once per manifest, walks every directory).
+fn find_dir<'m>(
+    tree: &TreeState,
+    manifest: &'m Manifest,
+    hash: Hash,
+    hint: &[u8],
+) -> Result<&'m manifest::Dir, Status> {
+    let hinted = RelPath::new(hint).ok().and_then(|path| manifest.dir(&path)).filter(|dir| dir.hash() == hash);
+    match hinted {
+        Some(dir) => Ok(dir),
+        None => tree
+            .dir_index(manifest)
+            .get(&hash)
+            .and_then(|path| manifest.dir(path))
+            .ok_or_else(|| Status::not_found(format!("no directory with hash {hash} in tree {}", tree.name))),
     }
 }
 

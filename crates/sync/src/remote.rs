@@ -17,11 +17,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt, TryStreamExt};
 use manifest::{
     Dir, DirMeta, Entry, Excludes, FileMeta, Hash, HashInput, Manifest, Node, RelPath, SymlinkMeta, hash_listing,
 };
-use tokio::sync::Semaphore;
 
 use crate::guards::{SourcePool, SourceReadiness};
 
@@ -90,9 +89,12 @@ pub enum RemoteError {
 /// What the engine needs from a peer, for one tree.
 pub trait PeerSource: Send + Sync {
     fn status(&self) -> impl Future<Output = Result<RemoteStatus, RemoteError>> + Send;
-    /// The listing of the peer's directory with hash `hash`, which the peer's
-    /// parent listing showed at `at` (a hint: any directory with that hash will do).
-    fn read_dir(&self, hash: Hash, at: &RelPath) -> impl Future<Output = Result<Listing, RemoteError>> + Send;
+    /// The listings of the peer's directories with these hashes, in order; each
+    /// with the path the peer's parent listing showed it at (a hint: any
+    /// directory with that hash will do). [`RemoteError::DirGone`] if one of
+    /// them is in no directory of the peer's tree any more.
+    fn read_dirs(&self, wanted: Vec<(Hash, RelPath)>)
+    -> impl Future<Output = Result<Vec<Listing>, RemoteError>> + Send;
     /// Streams the content of `wanted`, in order (see `FetchContent` in the proto).
     fn fetch(&self, wanted: Vec<Wanted>) -> impl Future<Output = Result<PieceStream, RemoteError>> + Send;
 }
@@ -106,8 +108,10 @@ pub struct Wanted {
     pub at: RelPath,
 }
 
-/// Directory listings in flight at once while planning.
-pub const PLAN_CONCURRENCY: usize = 16;
+/// Listing requests in flight at once while planning.
+pub const PLAN_CONCURRENCY: usize = 4;
+/// Directories asked for in one listing request.
+pub const READ_DIRS_BATCH: usize = 512;
 /// A listing that has not arrived after this long ends the plan: a peer that
 /// never finishes answering cannot hold a sync (and its lock) forever.
 pub const READ_DIR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -126,11 +130,35 @@ pub async fn plan_target<P: PeerSource>(
     if remote_root == local.root_hash() {
         return Ok(local.clone());
     }
+    let timer = std::time::Instant::now();
     let mut known: HashMap<Hash, &Arc<Dir>> = HashMap::new();
     index_dirs(local.root(), &mut known);
-    let walker = Walker { peer, known, excludes, permits: Arc::new(Semaphore::new(PLAN_CONCURRENCY)) };
+    let indexed = timer.elapsed();
+    let listings = list_new_dirs(peer, &known, remote_root).await?;
+    let listed = timer.elapsed();
+    let dirs_listed = listings.len();
+    let mut uses: HashMap<Hash, usize> = HashMap::from([(remote_root, 1)]);
+    for listing in listings.values() {
+        for (_, entry) in &listing.entries {
+            if let ListedEntry::Dir { hash, .. } = entry
+                && listings.contains_key(hash)
+                && !known.contains_key(hash)
+            {
+                *uses.entry(*hash).or_default() += 1;
+            }
+        }
+    }
+    let listings = listings.into_iter().map(|(hash, listing)| (hash, (uses.get(&hash).copied().unwrap_or(1), listing)));
+    let builder = Builder { known, listings: std::sync::Mutex::new(listings.collect()), excludes };
     // The root's own metadata comes from its listing (it has no parent entry).
-    let root = walker.dir(RelPath::root(), remote_root, None).await?;
+    let root = builder.dir(&RelPath::root(), remote_root, None);
+    tracing::debug!(
+        dirs_listed,
+        index_millis = indexed.as_millis() as u64,
+        list_millis = (listed - indexed).as_millis() as u64,
+        build_millis = (timer.elapsed() - listed).as_millis() as u64,
+        "peer tree planned"
+    );
     Ok(Manifest::new(Arc::unwrap_or_clone(root)))
 }
 
@@ -145,110 +173,164 @@ fn index_dirs<'a>(dir: &'a Dir, known: &mut HashMap<Hash, &'a Arc<Dir>>) {
     }
 }
 
-struct Walker<'a, P> {
-    peer: &'a P,
-    known: HashMap<Hash, &'a Arc<Dir>>,
-    excludes: &'a Excludes,
-    permits: Arc<Semaphore>,
+/// The listings of every directory of the peer's tree (root `remote_root`) that
+/// we do not have, walking down level by level: one round trip per level of the
+/// tree (in batches of [`READ_DIRS_BATCH`]), each listing checked before its
+/// subdirectories are asked for.
+async fn list_new_dirs<P: PeerSource>(
+    peer: &P,
+    known: &HashMap<Hash, &Arc<Dir>>,
+    remote_root: Hash,
+) -> Result<HashMap<Hash, Listing>, RemoteError> {
+    let mut listings: HashMap<Hash, Listing> = HashMap::new();
+    let mut asked: std::collections::HashSet<Hash> = std::collections::HashSet::from([remote_root]);
+    let mut level = vec![(remote_root, RelPath::root())];
+    let mut levels = Vec::new();
+    while !level.is_empty() {
+        let level_started = std::time::Instant::now();
+        let level_len = level.len();
+        let batches: Vec<Vec<(Hash, RelPath)>> = level.chunks(READ_DIRS_BATCH).map(<[_]>::to_vec).collect();
+        let answered: Vec<(Vec<(Hash, RelPath)>, Vec<Listing>)> = futures::stream::iter(batches)
+            .map(|batch| async move {
+                let listings =
+                    tokio::time::timeout(READ_DIR_TIMEOUT, peer.read_dirs(batch.clone())).await.map_err(|_| {
+                        RemoteError::Unavailable(format!(
+                            "no listing of {} within {} s: the peer stalled; nothing was applied",
+                            batch[0].1.display(),
+                            READ_DIR_TIMEOUT.as_secs()
+                        ))
+                    })??;
+                if listings.len() != batch.len() {
+                    return Err(RemoteError::BadListing {
+                        path: batch[0].1.display(),
+                        why: format!("{} listings for {} directories asked for", listings.len(), batch.len()),
+                    });
+                }
+                Ok((batch, listings))
+            })
+            .buffer_unordered(PLAN_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut next = Vec::new();
+        for (batch, batch_listings) in answered {
+            for ((hash, path), listing) in batch.into_iter().zip(batch_listings) {
+                check_listing(&path, hash, &listing)?;
+                for (name, entry) in &listing.entries {
+                    if let ListedEntry::Dir { hash: child, .. } = entry
+                        && !known.contains_key(child)
+                        && asked.insert(*child)
+                    {
+                        let child_path = path
+                            .join(name)
+                            .map_err(|e| RemoteError::BadListing { path: path.display(), why: e.to_string() })?;
+                        next.push((*child, child_path));
+                    }
+                }
+                listings.insert(hash, listing);
+            }
+        }
+        level = next;
+        levels.push((level_len, level_started.elapsed().as_micros() as u64));
+    }
+    tracing::debug!(?levels, "levels listed (directories, microseconds)");
+    Ok(listings)
 }
 
-impl<P: PeerSource> Walker<'_, P> {
+/// Checks a listing's names, order, sizes and modes, and that it hashes to the
+/// hash we asked for: a lying peer is caught here, before it can make us ask
+/// for anything below it or fetch anything at all.
+fn check_listing(path: &RelPath, hash: Hash, listing: &Listing) -> Result<(), RemoteError> {
+    let shown = path.display();
+    let bad = |why: String| RemoteError::BadListing { path: shown.clone(), why };
+    let mut previous: Option<&[u8]> = None;
+    for (name, entry) in &listing.entries {
+        RelPath::check_name(name).map_err(|e| bad(e.to_string()))?;
+        path.join(name).map_err(|e| bad(e.to_string()))?;
+        match entry {
+            ListedEntry::File(f) if f.size > manifest::path::MAX_FILE_BYTES => {
+                return Err(bad(format!(
+                    "{} claims {} bytes, over the {} a file may have",
+                    manifest::path::escape(name),
+                    f.size,
+                    manifest::path::MAX_FILE_BYTES
+                )));
+            }
+            ListedEntry::File(f) if f.mode > 0o7777 => return Err(bad(format!("bad mode {:o}", f.mode))),
+            ListedEntry::Dir { meta, .. } if meta.mode > 0o7777 => {
+                return Err(bad(format!("bad mode {:o}", meta.mode)));
+            }
+            ListedEntry::Symlink(link) if link.target.is_empty() || link.target.contains(&0) => {
+                return Err(bad(format!("bad symlink target for {}", manifest::path::escape(name))));
+            }
+            _ => {}
+        }
+        if previous.is_some_and(|p| p >= &name[..]) {
+            return Err(bad(format!("entries out of order or repeated at {}", manifest::path::escape(name))));
+        }
+        previous = Some(name);
+    }
+    let actual = hash_listing(listing.entries.iter().map(|(name, entry)| {
+        let input = match entry {
+            ListedEntry::File(f) => HashInput::File(f),
+            ListedEntry::Symlink(s) => HashInput::Symlink(&s.target),
+            ListedEntry::Dir { meta, hash } => HashInput::Dir { mode: meta.mode, hash: *hash },
+        };
+        (&name[..], input)
+    }));
+    if actual != hash {
+        return Err(RemoteError::ListingMismatch { path: shown, claimed: hash, actual });
+    }
+    Ok(())
+}
+
+/// Assembles the peer's tree from checked listings and our own directories.
+struct Builder<'a> {
+    known: HashMap<Hash, &'a Arc<Dir>>,
+    /// Each listing with the number of directories still to build from it:
+    /// the last one takes it, the others copy it.
+    listings: std::sync::Mutex<HashMap<Hash, (usize, Listing)>>,
+    excludes: &'a Excludes,
+}
+
+impl Builder<'_> {
     /// The peer's directory at `path` with hash `hash`. `meta` is what the
     /// parent's listing says of it (its mode is covered by the parent's hash);
     /// `None` for the root, whose metadata only its own listing carries.
-    fn dir<'s>(
-        &'s self,
-        path: RelPath,
-        hash: Hash,
-        meta: Option<DirMeta>,
-    ) -> Pin<Box<dyn Future<Output = Result<Arc<Dir>, RemoteError>> + Send + 's>>
-    where
-        P: 's,
-    {
-        Box::pin(async move {
-            if let (Some(local), Some(meta)) = (self.known.get(&hash), meta) {
-                if local.meta == meta {
-                    return Ok(Arc::clone(local));
-                }
-                // Same content, other mode or mtime: a copy of this one level.
-                let mut dir = Dir::clone(local);
-                dir.meta = meta;
-                return Ok(Arc::new(dir));
+    fn dir(&self, path: &RelPath, hash: Hash, meta: Option<DirMeta>) -> Arc<Dir> {
+        if let (Some(local), Some(meta)) = (self.known.get(&hash), meta) {
+            if local.meta == meta {
+                return Arc::clone(local);
             }
-            let listing = {
-                let _permit = self.permits.acquire().await.expect("the semaphore is never closed");
-                tokio::time::timeout(READ_DIR_TIMEOUT, self.peer.read_dir(hash, &path)).await.map_err(|_| {
-                    RemoteError::Unavailable(format!(
-                        "no listing of {} within {} s: the peer stalled; nothing was applied",
-                        path.display(),
-                        READ_DIR_TIMEOUT.as_secs()
-                    ))
-                })??
-            };
-            let shown = path.display();
-            let bad = |why: String| RemoteError::BadListing { path: shown.clone(), why };
-            let mut previous: Option<&[u8]> = None;
-            for (name, entry) in &listing.entries {
-                RelPath::check_name(name).map_err(|e| bad(e.to_string()))?;
-                path.join(name).map_err(|e| bad(e.to_string()))?;
-                match entry {
-                    ListedEntry::File(f) if f.size > manifest::path::MAX_FILE_BYTES => {
-                        return Err(bad(format!(
-                            "{} claims {} bytes, over the {} a file may have",
-                            manifest::path::escape(name),
-                            f.size,
-                            manifest::path::MAX_FILE_BYTES
-                        )));
-                    }
-                    ListedEntry::File(f) if f.mode > 0o7777 => return Err(bad(format!("bad mode {:o}", f.mode))),
-                    ListedEntry::Dir { meta, .. } if meta.mode > 0o7777 => {
-                        return Err(bad(format!("bad mode {:o}", meta.mode)));
-                    }
-                    ListedEntry::Symlink(link) if link.target.is_empty() || link.target.contains(&0) => {
-                        return Err(bad(format!("bad symlink target for {}", manifest::path::escape(name))));
-                    }
-                    _ => {}
-                }
-                if previous.is_some_and(|p| p >= &name[..]) {
-                    return Err(bad(format!("entries out of order or repeated at {}", manifest::path::escape(name))));
-                }
-                previous = Some(name);
-            }
-            // Check the listing against the hash we asked for before descending:
-            // a lying peer is caught here, before it can make us fetch anything else.
-            let actual = hash_listing(listing.entries.iter().map(|(name, entry)| {
-                let input = match entry {
-                    ListedEntry::File(f) => HashInput::File(f),
-                    ListedEntry::Symlink(s) => HashInput::Symlink(&s.target),
-                    ListedEntry::Dir { meta, hash } => HashInput::Dir { mode: meta.mode, hash: *hash },
-                };
-                (&name[..], input)
-            }));
-            if actual != hash {
-                return Err(RemoteError::ListingMismatch { path: shown, claimed: hash, actual });
-            }
-            let subdirs = listing.entries.iter().filter_map(|(name, entry)| match entry {
-                ListedEntry::Dir { meta, hash } => Some((name, *meta, *hash)),
-                _ => None,
-            });
-            let built = futures::future::try_join_all(subdirs.map(|(name, meta, hash)| {
-                let child = path.join(name).map_err(|e| bad(e.to_string()));
-                async move { self.dir(child?, hash, Some(meta)).await }
-            }))
-            .await?;
-            let mut built = built.into_iter();
-            let mut children = Vec::with_capacity(listing.entries.len());
-            for (name, entry) in listing.entries {
+            // Same content, other mode or mtime: a copy of this one level.
+            let mut dir = Dir::clone(local);
+            dir.meta = meta;
+            return Arc::new(dir);
+        }
+        // Taken, not copied (a big directory's listing is most of a small
+        // change's plan); a second directory with the same hash copies the first.
+        let listing = {
+            let mut listings = self.listings.lock().unwrap_or_else(|p| p.into_inner());
+            let (uses, _) = listings.get_mut(&hash).expect("every directory we do not have was listed");
+            *uses -= 1;
+            if *uses == 0 { listings.remove(&hash).expect("just seen").1 } else { listings[&hash].1.clone() }
+        };
+        let children = listing
+            .entries
+            .into_iter()
+            .map(|(name, entry)| {
                 let node = match entry {
                     ListedEntry::File(f) => Node::File(f),
                     ListedEntry::Symlink(s) => Node::Symlink(s),
-                    ListedEntry::Dir { .. } => Node::Dir(built.next().expect("one built dir per listed dir")),
+                    ListedEntry::Dir { meta, hash } => {
+                        let child = path.join(&name).expect("names were checked with the listing");
+                        Node::Dir(self.dir(&child, hash, Some(meta)))
+                    }
                 };
-                children.push(Entry { name, node });
-            }
-            let meta = meta.unwrap_or(listing.meta);
-            Ok(Arc::new(self.without_excluded(&path, Dir::new(meta, children))))
-        })
+                Entry { name, node }
+            })
+            .collect();
+        let meta = meta.unwrap_or(listing.meta);
+        Arc::new(self.without_excluded(path, Dir::new(meta, children)))
     }
 
     /// The directory minus entries this node excludes: they are neither written

@@ -31,6 +31,8 @@ struct MemoryPeer {
     /// Rewrites the pieces of a fetch before they are sent.
     tamper_pieces: Tamper<Vec<Piece>>,
     read_dirs: AtomicUsize,
+    /// Listing requests (each asks for one level's directories at once).
+    read_dir_calls: AtomicUsize,
     fetched: Mutex<Vec<Hash>>,
     /// A listing that never arrives.
     hang_read_dir: bool,
@@ -53,6 +55,7 @@ impl MemoryPeer {
             tamper_listing: Box::new(|_| {}),
             tamper_pieces: Box::new(|_| {}),
             read_dirs: AtomicUsize::new(0),
+            read_dir_calls: AtomicUsize::new(0),
             fetched: Mutex::new(Vec::new()),
             hang_read_dir: false,
         }
@@ -69,21 +72,8 @@ impl MemoryPeer {
     }
 }
 
-impl PeerSource for MemoryPeer {
-    async fn status(&self) -> Result<RemoteStatus, RemoteError> {
-        let totals = self.manifest.totals();
-        Ok(RemoteStatus {
-            node: "memory".into(),
-            pool: self.pool,
-            tree: Some(RemoteTree {
-                root: self.manifest.root_hash(),
-                readiness: self.readiness,
-                leaves: totals.files + totals.symlinks,
-            }),
-        })
-    }
-
-    async fn read_dir(&self, hash: Hash, _at: &RelPath) -> Result<Listing, RemoteError> {
+impl MemoryPeer {
+    async fn listing(&self, hash: Hash) -> Result<Listing, RemoteError> {
         self.read_dirs.fetch_add(1, Ordering::Relaxed);
         if self.hang_read_dir {
             futures::future::pending::<()>().await;
@@ -106,6 +96,30 @@ impl PeerSource for MemoryPeer {
         };
         (self.tamper_listing)(&mut listing);
         Ok(listing)
+    }
+}
+
+impl PeerSource for MemoryPeer {
+    async fn status(&self) -> Result<RemoteStatus, RemoteError> {
+        let totals = self.manifest.totals();
+        Ok(RemoteStatus {
+            node: "memory".into(),
+            pool: self.pool,
+            tree: Some(RemoteTree {
+                root: self.manifest.root_hash(),
+                readiness: self.readiness,
+                leaves: totals.files + totals.symlinks,
+            }),
+        })
+    }
+
+    async fn read_dirs(&self, wanted: Vec<(Hash, RelPath)>) -> Result<Vec<Listing>, RemoteError> {
+        self.read_dir_calls.fetch_add(1, Ordering::Relaxed);
+        let mut listings = Vec::with_capacity(wanted.len());
+        for (hash, _) in wanted {
+            listings.push(self.listing(hash).await?);
+        }
+        Ok(listings)
     }
 
     async fn fetch(&self, wanted: Vec<Wanted>) -> Result<PieceStream, RemoteError> {
@@ -212,6 +226,15 @@ fn an_honest_peer_is_copied_exactly_and_a_small_change_lists_only_what_changed()
     assert!(matches!(report.outcome, Outcome::Applied), "{:?}", report.outcome);
     assert_eq!(receiver.manifest().root_hash(), peer.manifest.root_hash());
     assert_eq!(report.manifest.unwrap().root_hash(), peer.manifest.root_hash());
+    // Every directory listed once, one request per level of the tree, not per directory.
+    let dirs = peer.manifest.totals().dirs as usize + 1;
+    assert_eq!(peer.read_dirs.load(Ordering::Relaxed), dirs);
+    let depth = peer.manifest.walk().iter().map(|(path, _)| path.depth()).max().unwrap();
+    assert!(
+        peer.read_dir_calls.load(Ordering::Relaxed) <= depth + 1,
+        "{} calls",
+        peer.read_dir_calls.load(Ordering::Relaxed)
+    );
 
     // One file changes deep down: only the directories on its path are listed.
     write(source.path(), "php-1.44/includes/F7.php", b"<?php // changed\n");
