@@ -173,6 +173,9 @@ fn index_dirs<'a>(dir: &'a Dir, known: &mut HashMap<Hash, &'a Arc<Dir>>) {
     }
 }
 
+/// A directory to list: its hash and where the peer's parent listing showed it.
+type DirWanted = (Hash, RelPath);
+
 /// The listings of every directory of the peer's tree (root `remote_root`) that
 /// we do not have, walking down level by level: one round trip per level of the
 /// tree (in batches of [`READ_DIRS_BATCH`]), each listing checked before its
@@ -189,8 +192,8 @@ async fn list_new_dirs<P: PeerSource>(
     while !level.is_empty() {
         let level_started = std::time::Instant::now();
         let level_len = level.len();
-        let batches: Vec<Vec<(Hash, RelPath)>> = level.chunks(READ_DIRS_BATCH).map(<[_]>::to_vec).collect();
-        let answered: Vec<(Vec<(Hash, RelPath)>, Vec<Listing>)> = futures::stream::iter(batches)
+        let batches: Vec<Vec<DirWanted>> = level.chunks(READ_DIRS_BATCH).map(<[_]>::to_vec).collect();
+        let answered: Vec<(Vec<DirWanted>, Vec<Listing>)> = futures::stream::iter(batches)
             .map(|batch| async move {
                 let listings =
                     tokio::time::timeout(READ_DIR_TIMEOUT, peer.read_dirs(batch.clone())).await.map_err(|_| {
