@@ -78,7 +78,7 @@ impl pb::peer_server::Peer for PeerService {
             Some(pb::read_dir_request::Target::DirHash(hash)) => {
                 let hash =
                     Hash::from_slice(&hash).ok_or_else(|| Status::invalid_argument("dir_hash must be 32 bytes"))?;
-                find_dir(&tree, &manifest, hash, &request.path_hint)?
+                find_dir(tree, &manifest, hash, &request.path_hint)?
             }
         };
         Ok(Response::new(crate::wire::dir_to_proto(dir, manifest.root_hash())))
