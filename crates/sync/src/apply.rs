@@ -466,7 +466,9 @@ fn switch(
                     Err(e) => return Err(fail(steps.done, io_error("mkdir", shown(), e))),
                 }
             }
-            Op::WriteFile { replaces, .. } | Op::Symlink { replaces, .. } => {
+            Op::WriteFile { replaces: true, .. } | Op::Symlink { replaces: true, .. } => {
+                // The old file goes to the trash first, under its old hash: whether
+                // an interrupted switch already did this op must be known before.
                 let staged = entry_name(index);
                 let staged_here = lstat_at(staging, staged.as_bytes())
                     .map_err(|e| fail(steps.done, io_error("stat staged entry", staged.clone(), e)))?;
@@ -474,7 +476,7 @@ fn switch(
                     continue; // Already renamed into place.
                 }
                 let (dir, name) = parents.parent(tree, "switch", path).map_err(|e| fail(steps.done, e))?;
-                if let (true, Some(hash), Op::WriteFile { .. }) = (replaces, displaced, op) {
+                if let (Some(hash), Op::WriteFile { .. }) = (displaced, op) {
                     let current = lstat_at(dir, name).map_err(|e| fail(steps.done, io_error("stat", shown(), e)))?;
                     if current.map(|s| s.kind) == Some(EntryKind::File) {
                         steps.next()?;
@@ -486,6 +488,31 @@ fn switch(
                 steps.next()?;
                 rustix::fs::renameat(staging, staged.as_str(), dir, name)
                     .map_err(|e| fail(steps.done, io_error("rename into place", shown(), e)))?;
+            }
+            Op::WriteFile { replaces: false, .. } | Op::Symlink { replaces: false, .. } => {
+                // A new name: rename at once (a full copy has 150,000 of these); only
+                // when that fails is it worth asking whether an interrupted switch
+                // already moved the staged entry into place.
+                let staged = entry_name(index);
+                let staged_gone = || -> Result<bool, TreeFsError> {
+                    lstat_at(staging, staged.as_bytes())
+                        .map(|found| found.is_none())
+                        .map_err(|e| io_error("stat staged entry", staged.clone(), e))
+                };
+                let (dir, name) = match parents.parent(tree, "switch", path) {
+                    Ok(found) => found,
+                    Err(e) => match staged_gone() {
+                        Ok(true) => continue,
+                        Ok(false) => return Err(fail(steps.done, e)),
+                        Err(stat) => return Err(fail(steps.done, stat)),
+                    },
+                };
+                steps.next()?;
+                match rustix::fs::renameat(staging, staged.as_str(), dir, name) {
+                    Ok(()) => {}
+                    Err(Errno::NOENT) if staged_gone().map_err(|e| fail(steps.done, e))? => {}
+                    Err(e) => return Err(fail(steps.done, io_error("rename into place", shown(), e))),
+                }
             }
             Op::SetFileMeta { file, .. } => {
                 let (dir, name) = parents.parent(tree, "set metadata", path).map_err(|e| fail(steps.done, e))?;
