@@ -4,7 +4,7 @@
 //! errors here, and the engine checks names, order and hashes again.
 
 use futures::StreamExt;
-use manifest::{Hash, RelPath};
+use manifest::Hash;
 use proto::v1 as pb;
 use proto::v1::peer_client::PeerClient;
 use sync::guards::{SourcePool, SourceReadiness};
@@ -67,12 +67,12 @@ impl PeerSource for GrpcPeer {
         remote_status(&status.into_inner(), &self.tree)
     }
 
-    async fn read_dirs(&self, wanted: Vec<(Hash, RelPath)>) -> Result<Vec<Listing>, RemoteError> {
+    async fn read_dirs(&self, wanted: Vec<Wanted>) -> Result<Vec<Listing>, RemoteError> {
         let mut client = self.client.clone();
         let request = pb::ReadDirsRequest {
             tree: self.tree.clone(),
-            dir_hashes: wanted.iter().map(|(hash, _)| hash.as_bytes().to_vec()).collect(),
-            path_hints: wanted.iter().map(|(_, at)| at.as_bytes().to_vec()).collect(),
+            dir_hashes: wanted.iter().map(|w| w.hash.as_bytes().to_vec()).collect(),
+            path_hints: wanted.iter().map(|w| w.at.as_bytes().to_vec()).collect(),
         };
         let mut stream = match client.read_dirs(request).await {
             Ok(response) => response.into_inner(),
@@ -82,7 +82,7 @@ impl PeerSource for GrpcPeer {
         loop {
             match stream.message().await {
                 Ok(Some(response)) => {
-                    let (hash, at) = wanted.get(listings.len()).ok_or_else(|| RemoteError::BadListing {
+                    let Wanted { hash, at } = wanted.get(listings.len()).ok_or_else(|| RemoteError::BadListing {
                         path: String::new(),
                         why: format!("more listings than the {} directories asked for", wanted.len()),
                     })?;
@@ -95,7 +95,7 @@ impl PeerSource for GrpcPeer {
                 Ok(None) => return Ok(listings),
                 Err(status) if status.code() == tonic::Code::NotFound => {
                     // The first directory not listed is the one the peer no longer has.
-                    let hash = wanted.get(listings.len()).map_or_else(Hash::default, |(hash, _)| *hash);
+                    let hash = wanted.get(listings.len()).map_or_else(Hash::default, |w| w.hash);
                     return Err(RemoteError::DirGone(hash));
                 }
                 Err(status) => return Err(unavailable(&status)),

@@ -89,17 +89,7 @@ impl pb::peer_server::Peer for PeerService {
     async fn read_dirs(&self, request: Request<pb::ReadDirsRequest>) -> Result<Response<Self::ReadDirsStream>, Status> {
         self.refuse_if_depooled()?;
         let request = request.into_inner();
-        if request.dir_hashes.len() > MAX_DIRS_PER_READ {
-            return Err(Status::invalid_argument(format!(
-                "{} directories in one request; the limit is {MAX_DIRS_PER_READ}",
-                request.dir_hashes.len()
-            )));
-        }
-        let hashes = request
-            .dir_hashes
-            .iter()
-            .map(|h| Hash::from_slice(h).ok_or_else(|| Status::invalid_argument("every dir_hash must be 32 bytes")))
-            .collect::<Result<Vec<Hash>, Status>>()?;
+        let hashes = hashes_of(&request.dir_hashes, MAX_DIRS_PER_READ, "dir_hash")?;
         let hints =
             if request.path_hints.len() == hashes.len() { request.path_hints } else { vec![Vec::new(); hashes.len()] };
         let tree = Arc::clone(self.node.tree(&request.tree)?);
@@ -131,17 +121,7 @@ impl pb::peer_server::Peer for PeerService {
     ) -> Result<Response<Self::FetchContentStream>, Status> {
         self.refuse_if_depooled()?;
         let request = request.into_inner();
-        if request.hashes.len() > MAX_HASHES_PER_FETCH {
-            return Err(Status::invalid_argument(format!(
-                "{} hashes in one request; the limit is {MAX_HASHES_PER_FETCH}",
-                request.hashes.len()
-            )));
-        }
-        let wanted = request
-            .hashes
-            .iter()
-            .map(|h| Hash::from_slice(h).ok_or_else(|| Status::invalid_argument("every hash must be 32 bytes")))
-            .collect::<Result<Vec<Hash>, Status>>()?;
+        let wanted = hashes_of(&request.hashes, MAX_HASHES_PER_FETCH, "hash")?;
         let hints = if request.path_hints.len() == wanted.len() { request.path_hints } else { Vec::new() };
         let tree = self.node.tree(&request.tree)?;
         let root = tree.root.clone();
@@ -186,6 +166,17 @@ impl pb::peer_server::Peer for PeerService {
         let stream = merged.take_until(self.node.shutdown.clone().cancelled_owned());
         Ok(Response::new(Box::pin(stream)))
     }
+}
+
+/// The hashes of a request, at most `limit` of them, each 32 bytes (`field`
+/// names them in the error).
+fn hashes_of(raw: &[Vec<u8>], limit: usize, field: &str) -> Result<Vec<Hash>, Status> {
+    if raw.len() > limit {
+        return Err(Status::invalid_argument(format!("{} {field}es in one request; the limit is {limit}", raw.len())));
+    }
+    raw.iter()
+        .map(|h| Hash::from_slice(h).ok_or_else(|| Status::invalid_argument(format!("every {field} must be 32 bytes"))))
+        .collect()
 }
 
 /// The directory of `manifest` with hash `hash`: at `hint` when it is there (a

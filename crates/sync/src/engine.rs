@@ -713,7 +713,7 @@ impl PeerSource for NoPeer {
     async fn status(&self) -> Result<crate::remote::RemoteStatus, RemoteError> {
         match *self {}
     }
-    async fn read_dirs(&self, _wanted: Vec<(Hash, RelPath)>) -> Result<Vec<crate::remote::Listing>, RemoteError> {
+    async fn read_dirs(&self, _wanted: Vec<Wanted>) -> Result<Vec<crate::remote::Listing>, RemoteError> {
         match *self {}
     }
     async fn fetch(&self, _wanted: Vec<crate::remote::Wanted>) -> Result<crate::remote::PieceStream, RemoteError> {

@@ -93,15 +93,15 @@ pub trait PeerSource: Send + Sync {
     /// with the path the peer's parent listing showed it at (a hint: any
     /// directory with that hash will do). [`RemoteError::DirGone`] if one of
     /// them is in no directory of the peer's tree any more.
-    fn read_dirs(&self, wanted: Vec<(Hash, RelPath)>)
-    -> impl Future<Output = Result<Vec<Listing>, RemoteError>> + Send;
+    fn read_dirs(&self, wanted: Vec<Wanted>) -> impl Future<Output = Result<Vec<Listing>, RemoteError>> + Send;
     /// Streams the content of `wanted`, in order (see `FetchContent` in the proto).
     fn fetch(&self, wanted: Vec<Wanted>) -> impl Future<Output = Result<PieceStream, RemoteError>> + Send;
 }
 
-/// One content hash to fetch, with a path at which the peer's own listings showed
-/// it: the peer can open that file directly instead of searching its manifest.
-/// Only a hint — the peer checks it, and the content is verified here anyway.
+/// A content or directory hash to ask the peer for, with the path at which the
+/// peer's own listings showed it: the peer can look there directly instead of
+/// searching its manifest. Only a hint — the peer checks it, and what it sends
+/// is verified here anyway.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Wanted {
     pub hash: Hash,
@@ -149,7 +149,7 @@ pub async fn plan_target<P: PeerSource>(
         }
     }
     let listings = listings.into_iter().map(|(hash, listing)| (hash, (uses.get(&hash).copied().unwrap_or(1), listing)));
-    let builder = Builder { known, listings: std::sync::Mutex::new(listings.collect()), excludes };
+    let builder = Builder { known, listings: std::cell::RefCell::new(listings.collect()), excludes };
     // The root's own metadata comes from its listing (it has no parent entry).
     let root = builder.dir(&RelPath::root(), remote_root, None);
     tracing::debug!(
@@ -173,9 +173,6 @@ fn index_dirs<'a>(dir: &'a Dir, known: &mut HashMap<Hash, &'a Arc<Dir>>) {
     }
 }
 
-/// A directory to list: its hash and where the peer's parent listing showed it.
-type DirWanted = (Hash, RelPath);
-
 /// The listings of every directory of the peer's tree (root `remote_root`) that
 /// we do not have, walking down level by level: one round trip per level of the
 /// tree (in batches of [`READ_DIRS_BATCH`]), each listing checked before its
@@ -187,25 +184,25 @@ async fn list_new_dirs<P: PeerSource>(
 ) -> Result<HashMap<Hash, Listing>, RemoteError> {
     let mut listings: HashMap<Hash, Listing> = HashMap::new();
     let mut asked: std::collections::HashSet<Hash> = std::collections::HashSet::from([remote_root]);
-    let mut level = vec![(remote_root, RelPath::root())];
+    let mut level = vec![Wanted { hash: remote_root, at: RelPath::root() }];
     let mut levels = Vec::new();
     while !level.is_empty() {
         let level_started = std::time::Instant::now();
         let level_len = level.len();
-        let batches: Vec<Vec<DirWanted>> = level.chunks(READ_DIRS_BATCH).map(<[_]>::to_vec).collect();
-        let answered: Vec<(Vec<DirWanted>, Vec<Listing>)> = futures::stream::iter(batches)
+        let batches: Vec<Vec<Wanted>> = level.chunks(READ_DIRS_BATCH).map(<[_]>::to_vec).collect();
+        let answered: Vec<(Vec<Wanted>, Vec<Listing>)> = futures::stream::iter(batches)
             .map(|batch| async move {
                 let listings =
                     tokio::time::timeout(READ_DIR_TIMEOUT, peer.read_dirs(batch.clone())).await.map_err(|_| {
                         RemoteError::Unavailable(format!(
                             "no listing of {} within {} s: the peer stalled; nothing was applied",
-                            batch[0].1.display(),
+                            batch[0].at.display(),
                             READ_DIR_TIMEOUT.as_secs()
                         ))
                     })??;
                 if listings.len() != batch.len() {
                     return Err(RemoteError::BadListing {
-                        path: batch[0].1.display(),
+                        path: batch[0].at.display(),
                         why: format!("{} listings for {} directories asked for", listings.len(), batch.len()),
                     });
                 }
@@ -216,7 +213,7 @@ async fn list_new_dirs<P: PeerSource>(
             .await?;
         let mut next = Vec::new();
         for (batch, batch_listings) in answered {
-            for ((hash, path), listing) in batch.into_iter().zip(batch_listings) {
+            for (Wanted { hash, at: path }, listing) in batch.into_iter().zip(batch_listings) {
                 check_listing(&path, hash, &listing)?;
                 for (name, entry) in &listing.entries {
                     if let ListedEntry::Dir { hash: child, .. } = entry
@@ -226,7 +223,7 @@ async fn list_new_dirs<P: PeerSource>(
                         let child_path = path
                             .join(name)
                             .map_err(|e| RemoteError::BadListing { path: path.display(), why: e.to_string() })?;
-                        next.push((*child, child_path));
+                        next.push(Wanted { hash: *child, at: child_path });
                     }
                 }
                 listings.insert(hash, listing);
@@ -291,7 +288,7 @@ struct Builder<'a> {
     known: HashMap<Hash, &'a Arc<Dir>>,
     /// Each listing with the number of directories still to build from it:
     /// the last one takes it, the others copy it.
-    listings: std::sync::Mutex<HashMap<Hash, (usize, Listing)>>,
+    listings: std::cell::RefCell<HashMap<Hash, (usize, Listing)>>,
     excludes: &'a Excludes,
 }
 
@@ -312,7 +309,7 @@ impl Builder<'_> {
         // Taken, not copied (a big directory's listing is most of a small
         // change's plan); a second directory with the same hash copies the first.
         let listing = {
-            let mut listings = self.listings.lock().unwrap_or_else(|p| p.into_inner());
+            let mut listings = self.listings.borrow_mut();
             let (uses, _) = listings.get_mut(&hash).expect("every directory we do not have was listed");
             *uses -= 1;
             if *uses == 0 { listings.remove(&hash).expect("just seen").1 } else { listings[&hash].1.clone() }

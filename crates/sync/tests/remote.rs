@@ -113,10 +113,10 @@ impl PeerSource for MemoryPeer {
         })
     }
 
-    async fn read_dirs(&self, wanted: Vec<(Hash, RelPath)>) -> Result<Vec<Listing>, RemoteError> {
+    async fn read_dirs(&self, wanted: Vec<Wanted>) -> Result<Vec<Listing>, RemoteError> {
         self.read_dir_calls.fetch_add(1, Ordering::Relaxed);
         let mut listings = Vec::with_capacity(wanted.len());
-        for (hash, _) in wanted {
+        for Wanted { hash, .. } in wanted {
             listings.push(self.listing(hash).await?);
         }
         Ok(listings)
