@@ -138,10 +138,31 @@ pub struct Daemon {
     child: Option<std::process::Child>,
 }
 
-/// A loopback port that was free a moment ago. A daemon that loses the race for
-/// it fails to bind and is restarted on another by [`Daemon::start`].
+/// A loopback port that was free a moment ago, for a daemon the test starts next
+/// (its peers are told the port first, so a daemon cannot move to another).
+///
+/// Not a port from `bind(:0)`: that comes from the kernel's ephemeral range
+/// (32768–60999 by default), where every concurrent test's outgoing connections
+/// also take their local ports, so one could take it between this check and the
+/// daemon's own bind (seen in CI: "Address already in use"). These come from
+/// 20000–31999 instead, in a block of 20 per test process (by pid), and are
+/// checked free before they are handed out.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().expect("addr").port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const FIRST: u32 = 20_000;
+    const BLOCK: u32 = 20;
+    const BLOCKS: u32 = 600;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = FIRST + (std::process::id() % BLOCKS) * BLOCK;
+    for _ in 0..BLOCKS * BLOCK {
+        let offset = u32::from(NEXT.fetch_add(1, Ordering::Relaxed)) % (BLOCKS * BLOCK);
+        let port = FIRST + (base - FIRST + offset) % (BLOCKS * BLOCK);
+        let port = u16::try_from(port).expect("ports up to 31999");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 127.0.0.1:{FIRST}-{}", FIRST + BLOCKS * BLOCK - 1);
 }
 
 /// Polls `condition` every few milliseconds until it holds or `deadline` passes.
