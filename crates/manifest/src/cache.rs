@@ -17,11 +17,10 @@
 //! gid, 32-byte hash; directory — recursively; symlink — `u32` target length,
 //! target, mtime, uid, gid.
 
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use crate::fsutil::write_atomic;
 use crate::hash::Hash;
 use crate::path::RelPath;
 use crate::tree::{Dir, DirMeta, Entry, FileMeta, Kind, Manifest, Node, Owner, StatKey, SymlinkMeta, Timestamp};
@@ -46,8 +45,7 @@ pub enum CacheError {
 
 /// Saves `manifest` as the stat cache of `root` at `cache_path`, atomically.
 pub fn save(manifest: &Manifest, root: &Path, cache_path: &Path) -> io::Result<()> {
-    let bytes = encode(manifest, root);
-    write_atomic(cache_path, &bytes)
+    crate::fsutil::write_atomic_with(cache_path, |file| encode_to(manifest, root, file))
 }
 
 /// Loads the stat cache of `root`. `Ok(None)` when there is none yet.
@@ -62,23 +60,50 @@ pub fn load(cache_path: &Path, root: &Path) -> Result<Option<Manifest>, CacheErr
 
 /// The cache bytes for `manifest` of `root`.
 pub fn encode(manifest: &Manifest, root: &Path) -> Vec<u8> {
-    let totals = manifest.totals();
-    let mut out = Vec::with_capacity(64 + (totals.files + totals.dirs + totals.symlinks) as usize * 112);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    let root = root.as_os_str().as_bytes();
-    out.extend_from_slice(&(root.len() as u32).to_le_bytes());
-    out.extend_from_slice(root);
-    encode_dir(manifest.root(), &mut out);
-    let checksum = blake3::hash(&out);
-    out.extend_from_slice(checksum.as_bytes());
+    let mut out = Vec::new();
+    encode_to(manifest, root, &mut out).expect("writing to a Vec cannot fail");
     out
 }
 
-fn encode_dir(dir: &Dir, out: &mut Vec<u8>) {
+/// Writes the cache bytes for `manifest` of `root` to `sink` a piece at a time
+/// (a cache is ~110 bytes per entry; it is never built whole in memory).
+pub fn encode_to(manifest: &Manifest, root: &Path, sink: &mut dyn Write) -> io::Result<()> {
+    let mut out = Encoder { buffer: Vec::with_capacity(ENCODE_CHUNK * 2), hasher: blake3::Hasher::new(), sink };
+    out.buffer.extend_from_slice(MAGIC);
+    out.buffer.extend_from_slice(&VERSION.to_le_bytes());
+    let root = root.as_os_str().as_bytes();
+    out.buffer.extend_from_slice(&(root.len() as u32).to_le_bytes());
+    out.buffer.extend_from_slice(root);
+    encode_dir(manifest.root(), &mut out)?;
+    out.spill()?;
+    let checksum = out.hasher.finalize();
+    out.sink.write_all(checksum.as_bytes())
+}
+
+/// Encoded bytes are handed to the sink (and the checksum) in chunks of about this size.
+const ENCODE_CHUNK: usize = 64 << 10;
+
+struct Encoder<'a> {
+    buffer: Vec<u8>,
+    hasher: blake3::Hasher,
+    sink: &'a mut dyn Write,
+}
+
+impl Encoder<'_> {
+    fn spill(&mut self) -> io::Result<()> {
+        self.hasher.update(&self.buffer);
+        self.sink.write_all(&self.buffer)?;
+        self.buffer.clear();
+        Ok(())
+    }
+}
+
+fn encode_dir(dir: &Dir, encoder: &mut Encoder<'_>) -> io::Result<()> {
+    let out = &mut encoder.buffer;
     encode_dir_meta(&dir.meta, out);
     out.extend_from_slice(&(dir.children().len() as u32).to_le_bytes());
     for entry in dir.children() {
+        let out = &mut encoder.buffer;
         out.extend_from_slice(&(entry.name.len() as u16).to_le_bytes());
         out.extend_from_slice(&entry.name);
         out.push(entry.node.kind().code());
@@ -93,7 +118,7 @@ fn encode_dir(dir: &Dir, out: &mut Vec<u8>) {
                 encode_owner(f.owner, out);
                 out.extend_from_slice(f.hash.as_bytes());
             }
-            Node::Dir(d) => encode_dir(d, out),
+            Node::Dir(d) => encode_dir(d, encoder)?,
             Node::Symlink(s) => {
                 out.extend_from_slice(&(s.target.len() as u32).to_le_bytes());
                 out.extend_from_slice(&s.target);
@@ -101,7 +126,11 @@ fn encode_dir(dir: &Dir, out: &mut Vec<u8>) {
                 encode_owner(s.owner, out);
             }
         }
+        if encoder.buffer.len() >= ENCODE_CHUNK {
+            encoder.spill()?;
+        }
     }
+    Ok(())
 }
 
 fn encode_dir_meta(meta: &DirMeta, out: &mut Vec<u8>) {

@@ -9,6 +9,12 @@ use std::path::Path;
 /// the new, never a mix; a crash leaves at most a stray temporary file, which the
 /// next write replaces.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_with(path, |file| file.write_all(bytes))
+}
+
+/// [`write_atomic`] for content produced piece by piece: `write` fills the
+/// temporary file through a buffer, so the content is never held in memory whole.
+pub fn write_atomic_with(path: &Path, write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> io::Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -21,8 +27,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     temp_name.push(".tmp");
     let temp = dir.join(temp_name);
     let result = (|| {
-        let mut file = fs_err::File::create(&temp)?;
-        file.write_all(bytes)?;
+        let mut file = io::BufWriter::with_capacity(256 << 10, fs_err::File::create(&temp)?);
+        write(&mut file)?;
+        let file = file.into_inner().map_err(io::IntoInnerError::into_error)?;
         file.sync_all()?;
         drop(file);
         fs_err::rename(&temp, path)?;

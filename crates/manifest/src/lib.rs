@@ -38,6 +38,7 @@ pub mod cache;
 pub mod exclude;
 pub mod fsutil;
 pub mod hash;
+pub mod name;
 pub mod path;
 pub mod plan;
 pub mod scan;
@@ -45,6 +46,7 @@ pub mod tree;
 
 pub use exclude::{Excludes, RESERVED_DIR};
 pub use hash::Hash;
+pub use name::Name;
 pub use path::{PathError, RelPath};
 pub use plan::{Op, Plan, PlanError, PlanId, PlanTotals, diff};
 pub use scan::{Scan, ScanError, ScanOptions, ScanReport, SkipReason, Skipped, scan};

@@ -246,15 +246,7 @@ fn hash_once(path: &Path, settle: Duration) -> io::Result<Option<FileMeta>> {
     if !before.is_file() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
     }
-    let hash = if before.len() >= LARGE_FILE_BYTES {
-        hash_large(&mut file)?
-    } else {
-        READ_BUFFER.with_borrow_mut(|buffer| -> io::Result<Hash> {
-            buffer.clear();
-            file.read_to_end(buffer)?;
-            Ok(Hash::of_content(buffer))
-        })?
-    };
+    let hash = if before.len() >= LARGE_FILE_BYTES { hash_large(&mut file)? } else { hash_streamed(&mut file)? };
     let after = file.metadata()?;
     let unchanged = |m: &Metadata| (m.len(), mtime(m), m.ctime(), m.ctime_nsec(), m.ino());
     if unchanged(&before) != unchanged(&after) {
@@ -263,9 +255,31 @@ fn hash_once(path: &Path, settle: Duration) -> io::Result<Option<FileMeta>> {
     Ok(Some(file_meta(&after, hash, settle)))
 }
 
+/// The read buffer of [`hash_streamed`]. Small, so that each thread that ever hashed
+/// a file (rayon's, tokio's blocking pool) keeps only this much resident afterwards;
+/// most files of a staging tree fit in one read.
+const READ_BUFFER_BYTES: usize = 128 << 10;
+
 thread_local! {
-    /// One read buffer per worker thread, reused across small files.
-    static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(LARGE_FILE_BYTES as usize));
+    /// One read buffer per worker thread, reused across files.
+    static READ_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; READ_BUFFER_BYTES].into_boxed_slice());
+}
+
+/// Hashes a file below [`LARGE_FILE_BYTES`] on this thread through its reused buffer.
+fn hash_streamed(file: &mut fs::File) -> io::Result<Hash> {
+    READ_BUFFER.with_borrow_mut(|buffer| {
+        let mut hasher = blake3::Hasher::new();
+        loop {
+            let n = match file.read(buffer) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            hasher.update(&buffer[..n]);
+        }
+        Ok(hasher.finalize().into())
+    })
 }
 
 fn hash_large(file: &mut fs::File) -> io::Result<Hash> {

@@ -17,8 +17,10 @@ use crate::path::{PathError, RelPath};
 /// Domain-separation context for directory hashes (BLAKE3 `derive_key` mode).
 pub const DIR_HASH_CONTEXT: &str = "stagingd 2026-11 merkle directory v1";
 
-/// Seconds and nanoseconds since the Unix epoch.
+/// Seconds and nanoseconds since the Unix epoch. Packed to 12 bytes: every file
+/// entry holds two (mtime and ctime), so padding would cost 8 bytes a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C, packed(4))]
 pub struct Timestamp {
     pub secs: i64,
     pub nanos: u32,
@@ -152,7 +154,7 @@ impl Node {
 /// A named child of a directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
-    pub name: Box<[u8]>,
+    pub name: crate::name::Name,
     pub node: Node,
 }
 
@@ -588,6 +590,14 @@ fn split_parent(path: &RelPath) -> Result<(Vec<&[u8]>, &[u8]), TreeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_entry_stays_small() {
+        // One per file tracked: the daemon's memory per file is mostly this (DESIGN §5,
+        // ≤ 300 bytes of RSS per file). Short names live inside it (see `Name`).
+        eprintln!("Entry {} FileMeta {} Node {}", size_of::<Entry>(), size_of::<FileMeta>(), size_of::<Node>());
+        assert!(size_of::<Entry>() <= 112, "Entry grew to {} bytes", size_of::<Entry>());
+    }
 
     fn file(content: &[u8]) -> Node {
         Node::File(FileMeta {

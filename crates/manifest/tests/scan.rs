@@ -38,6 +38,12 @@ fn every_entry_kind_is_recorded_and_specials_are_reported() {
     let root = dir.path();
     write(root, "a.php", b"<?php echo 1;");
     write(root, "empty", b"");
+    // Larger than one read buffer, smaller than a multi-threaded "large" file; and a
+    // large one: every size class hashes to the content's BLAKE3.
+    let medium: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    write(root, "medium.bin", &medium);
+    let large: Vec<u8> = (0..manifest::scan::LARGE_FILE_BYTES as u32 + 5).map(|i| (i % 241) as u8).collect();
+    write(root, "large.bin", &large);
     write(root, "bin/run.sh", b"#!/bin/sh\n");
     fs::set_permissions(root.join("bin/run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
     fs::create_dir(root.join("empty-dir")).unwrap();
@@ -55,6 +61,8 @@ fn every_entry_kind_is_recorded_and_specials_are_reported() {
 
     assert_eq!(file_hash(m, "a.php"), Hash::of_content(b"<?php echo 1;"));
     assert_eq!(file_hash(m, "empty"), Hash::of_content(b""));
+    assert_eq!(file_hash(m, "medium.bin"), Hash::of_content(&medium));
+    assert_eq!(file_hash(m, "large.bin"), Hash::of_content(&large));
     match m.get(&p("bin/run.sh")) {
         Some(Node::File(f)) => {
             assert_eq!(f.mode, 0o755, "exec bit kept");
@@ -76,7 +84,7 @@ fn every_entry_kind_is_recorded_and_specials_are_reported() {
     assert!(matches!(m.get(&odd), Some(Node::File(_))), "non-UTF-8 names are kept as bytes");
 
     let totals = m.totals();
-    assert_eq!((totals.files, totals.dirs, totals.symlinks), (4, 2, 3));
+    assert_eq!((totals.files, totals.dirs, totals.symlinks), (6, 2, 3));
 
     let mut specials: Vec<_> = scan.report.skipped.iter().map(|s| (s.path.as_str(), s.reason.clone())).collect();
     specials.sort_by(|a, b| a.0.cmp(b.0));

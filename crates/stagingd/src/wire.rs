@@ -108,7 +108,7 @@ pub fn listing_from_proto(response: &pb::ReadDirResponse) -> Result<Listing, Wir
             }
             _ => return Err(WireError::Kind { kind: entry.kind, name: shown }),
         };
-        entries.push((entry.name.clone().into_boxed_slice(), listed));
+        entries.push((manifest::Name::new(&entry.name), listed));
     }
     let meta = DirMeta {
         mode: mode(response.mode, ".")?,

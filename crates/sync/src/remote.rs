@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt, TryStreamExt};
 use manifest::{
-    Dir, DirMeta, Entry, Excludes, FileMeta, Hash, HashInput, Manifest, Node, RelPath, SymlinkMeta, hash_listing,
+    Dir, DirMeta, Entry, Excludes, FileMeta, Hash, HashInput, Manifest, Name, Node, RelPath, SymlinkMeta, hash_listing,
 };
 
 use crate::guards::{SourcePool, SourceReadiness};
@@ -54,7 +54,7 @@ pub enum ListedEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listing {
     pub meta: DirMeta,
-    pub entries: Vec<(Box<[u8]>, ListedEntry)>,
+    pub entries: Vec<(Name, ListedEntry)>,
 }
 
 /// A piece of content; see the `Blob` message of the wire contract.

@@ -323,7 +323,7 @@ fn a_listing_that_does_not_match_its_hash_is_refused() {
             owner: Owner::default(),
             stat: StatKey::default(),
         };
-        listing.entries.push((Box::from(&b"zz-injected.php"[..]), ListedEntry::File(extra)));
+        listing.entries.push((manifest::Name::new(b"zz-injected.php"), ListedEntry::File(extra)));
     });
     assert_hostile_sync_fails(peer, "hashes to");
 }
