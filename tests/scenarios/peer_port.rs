@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use proto::v1 as pb;
-use stagingd_tests::{Daemon, TestTree, free_port};
+use stagingd_tests::{Daemon, TestTree, free_port, wait_until};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_reflection::pb::v1 as reflection;
 
@@ -145,6 +145,48 @@ fn read_dir_and_fetch_content_serve_the_manifest() {
             assert_eq!(received[&root.entries[0].hash], b"<?php\n");
             assert_eq!(received[&root.entries[1].hash], vec![7u8; 3 << 20]);
         }
+    });
+}
+
+#[test]
+fn read_changes_tells_what_changed_since_an_earlier_root() {
+    let tree = sample();
+    tree.write("keep/same.php", "<?php // unchanged\n");
+    let daemon = Daemon::start("deploy1002", tree.path(), free_port(), &[]);
+    let earlier = tree.manifest().root_hash();
+    let daemon_root =
+        || daemon.status_json().expect("status")["trees"][0]["root"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(daemon_root(), earlier.to_hex());
+    tree.write("a.php", "<?php // changed\n").write("new/b.php", "<?php // new\n");
+    std::fs::remove_file(tree.path().join("big.bin")).unwrap();
+    let now = tree.manifest();
+    wait_until("the daemon's manifest has the changes", Duration::from_secs(10), || {
+        daemon_root() == now.root_hash().to_hex()
+    });
+    runtime().block_on(async {
+        let mut peer = pb::peer_client::PeerClient::new(channel(&daemon).await);
+        let request = |since: Vec<u8>| pb::ReadChangesRequest { tree: "staging".into(), since_root: since };
+        let mut stream = peer.read_changes(request(earlier.as_bytes().to_vec())).await.unwrap().into_inner();
+        let mut changes = Vec::new();
+        while let Some(message) = stream.next().await {
+            let message = message.unwrap();
+            assert_eq!(message.from_root, earlier.as_bytes());
+            assert_eq!(message.to_root, now.root_hash().as_bytes());
+            changes.extend(message.changes);
+        }
+        let paths: Vec<String> = changes.iter().map(|c| String::from_utf8_lossy(&c.path).into_owned()).collect();
+        let expected = ["a.php", "big.bin", "new", "new/b.php"];
+        assert_eq!(paths.iter().filter(|p| !p.is_empty()).collect::<Vec<_>>(), expected, "the root may come first");
+        let entry = |path: &str| changes.iter().find(|c| c.path == path.as_bytes()).unwrap().entry.clone();
+        assert_eq!(entry("a.php").unwrap().hash, manifest::Hash::of_content(b"<?php // changed\n").as_bytes());
+        assert_eq!(entry("big.bin"), None, "gone");
+        assert_eq!(entry("new").unwrap().kind(), pb::EntryKind::Dir);
+
+        let unknown = peer.read_changes(request([5u8; 32].to_vec())).await.map(|_| ()).unwrap_err();
+        assert_eq!(unknown.code(), tonic::Code::NotFound, "{unknown:?}");
+        assert!(unknown.message().contains("walk it with ReadDirs"), "{unknown:?}");
+        let malformed = peer.read_changes(request(vec![1, 2, 3])).await.map(|_| ()).unwrap_err();
+        assert_eq!(malformed.code(), tonic::Code::InvalidArgument);
     });
 }
 

@@ -35,6 +35,7 @@
 //! and two directories with equal hashes need not be compared further.
 
 pub mod cache;
+pub mod changes;
 pub mod exclude;
 pub mod fsutil;
 pub mod hash;
@@ -44,6 +45,7 @@ pub mod plan;
 pub mod scan;
 pub mod tree;
 
+pub use changes::{ChangeError, changed_paths};
 pub use exclude::{Excludes, RESERVED_DIR};
 pub use hash::Hash;
 pub use name::Name;

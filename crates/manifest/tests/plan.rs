@@ -138,6 +138,29 @@ proptest! {
         prop_assert_eq!(plan.is_empty(), from.root_hash() == to.root_hash());
         prop_assert!(diff(&to, &to).is_empty());
     }
+
+    #[test]
+    fn the_nodes_of_b_at_the_changed_paths_turn_a_into_b(a in spec_strategy(), b in spec_strategy()) {
+        let (from, to) = (to_manifest(&a), to_manifest(&b));
+        let paths = manifest::changed_paths(&from, &to, usize::MAX).unwrap();
+        prop_assert_eq!(paths.is_empty(), from == to);
+        let changes = paths.into_iter().map(|path| {
+            let node = to.get(&path).map(|node| match node {
+                Node::Dir(d) => Node::Dir(Dir::empty(d.meta).into()),
+                other => other.clone(),
+            });
+            (path, node)
+        });
+        let mut applied = from.clone();
+        applied.apply_changes(changes).unwrap();
+        prop_assert_eq!(applied.root_hash(), to.root_hash());
+        prop_assert_eq!(&applied, &to);
+        let all = manifest::changed_paths(&Manifest::empty(), &to, usize::MAX).unwrap();
+        prop_assert_eq!(all.len() as u64, to.totals().files + to.totals().dirs + to.totals().symlinks);
+        if all.len() > 1 {
+            prop_assert!(manifest::changed_paths(&Manifest::empty(), &to, all.len() - 1).is_none(), "the limit holds");
+        }
+    }
 }
 
 proptest! {

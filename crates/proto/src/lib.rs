@@ -63,7 +63,7 @@ mod tests {
             let service = file.service.iter().find(|s| s.name() == name).unwrap_or_else(|| panic!("service {name}"));
             service.method.iter().map(|m| m.name().to_owned()).collect()
         };
-        assert_eq!(methods("Peer"), ["Status", "ReadDir", "ReadDirs", "FetchContent", "WatchRoot"]);
+        assert_eq!(methods("Peer"), ["Status", "ReadDir", "ReadDirs", "ReadChanges", "FetchContent", "WatchRoot"]);
         assert_eq!(
             methods("Admin"),
             ["SetPoolState", "GetStatus", "Sync", "History", "Rollback", "Verify", "SetReplication"]

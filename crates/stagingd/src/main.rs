@@ -7,6 +7,7 @@
 //! [`metrics`] (`GET /metrics`), [`systemd`] (readiness and watchdog notifications).
 
 mod admin_service;
+mod changelog;
 mod config;
 mod inotify_watch;
 mod memory;

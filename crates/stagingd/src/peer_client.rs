@@ -8,7 +8,7 @@ use manifest::Hash;
 use proto::v1 as pb;
 use proto::v1::peer_client::PeerClient;
 use sync::guards::{SourcePool, SourceReadiness};
-use sync::remote::{Listing, PeerSource, PieceStream, RemoteError, RemoteStatus, RemoteTree, Wanted};
+use sync::remote::{Changes, Listing, PeerSource, PieceStream, RemoteError, RemoteStatus, RemoteTree, Wanted};
 use tonic::transport::Channel;
 
 use crate::node::describe_status;
@@ -101,6 +101,41 @@ impl PeerSource for GrpcPeer {
                 Err(status) => return Err(unavailable(&status)),
             }
         }
+    }
+
+    async fn read_changes(&self, since: Hash) -> Result<Option<Changes>, RemoteError> {
+        let mut client = self.client.clone();
+        let request = pb::ReadChangesRequest { tree: self.tree.clone(), since_root: since.as_bytes().to_vec() };
+        let mut stream = match client.read_changes(request).await {
+            Ok(response) => response.into_inner(),
+            // Not remembered, or a peer that predates the call: walk instead.
+            Err(status) if matches!(status.code(), tonic::Code::NotFound | tonic::Code::Unimplemented) => {
+                return Ok(None);
+            }
+            Err(status) => return Err(unavailable(&status)),
+        };
+        let mut to_root = None;
+        let mut changes = Vec::new();
+        loop {
+            match stream.message().await {
+                Ok(Some(response)) => {
+                    let (to, part) = wire::changes_from_proto(&response, since).map_err(|e| {
+                        RemoteError::BadListing { path: "(list of changes)".into(), why: e.to_string() }
+                    })?;
+                    if *to_root.get_or_insert(to) != to {
+                        return Err(RemoteError::BadListing {
+                            path: "(list of changes)".into(),
+                            why: "messages of one answer lead to different roots".into(),
+                        });
+                    }
+                    changes.extend(part);
+                }
+                Ok(None) => break,
+                Err(status) if status.code() == tonic::Code::NotFound => return Ok(None),
+                Err(status) => return Err(unavailable(&status)),
+            }
+        }
+        Ok(to_root.map(|to_root| Changes { to_root, changes }))
     }
 
     async fn fetch(&self, wanted: Vec<Wanted>) -> Result<PieceStream, RemoteError> {

@@ -29,6 +29,8 @@ pub const CHUNK_BYTES: usize = 1 << 20;
 pub const MAX_HASHES_PER_FETCH: usize = 20_000;
 /// Directories one `ReadDirs` call may ask for.
 pub const MAX_DIRS_PER_READ: usize = 4096;
+/// Changes per `ReadChanges` message (a change is ~100 bytes; far below the message limit).
+const CHANGES_PER_MESSAGE: usize = 4096;
 /// Messages buffered per content stream before the reader waits for the network.
 const STREAM_BUFFER: usize = 4;
 
@@ -111,6 +113,39 @@ impl pb::peer_server::Peer for PeerService {
             })
             .collect();
         Ok(Response::new(Box::pin(futures::stream::iter(listings))))
+    }
+
+    type ReadChangesStream = BoxStream<pb::ReadChangesResponse>;
+
+    async fn read_changes(
+        &self,
+        request: Request<pb::ReadChangesRequest>,
+    ) -> Result<Response<Self::ReadChangesStream>, Status> {
+        self.refuse_if_depooled()?;
+        let request = request.into_inner();
+        let since = Hash::from_slice(&request.since_root)
+            .ok_or_else(|| Status::invalid_argument("since_root must be 32 bytes"))?;
+        let tree = self.node.tree(&request.tree)?;
+        let manifest = tree.view().manifest;
+        let current = manifest.root_hash();
+        let paths = tree.changes_since(since, current).ok_or_else(|| {
+            Status::not_found(format!(
+                "tree {}: no record of the changes from root {since} to {current}; walk it with ReadDirs",
+                tree.name
+            ))
+        })?;
+        let (from_root, to_root) = (since.as_bytes().to_vec(), current.as_bytes().to_vec());
+        let messages: Vec<Result<pb::ReadChangesResponse, Status>> = paths
+            .chunks(CHANGES_PER_MESSAGE)
+            .map(|chunk| {
+                Ok(pb::ReadChangesResponse {
+                    from_root: from_root.clone(),
+                    to_root: to_root.clone(),
+                    changes: chunk.iter().map(|path| crate::wire::change_to_proto(&manifest, path)).collect(),
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(messages))))
     }
 
     type FetchContentStream = BoxStream<pb::ContentChunk>;

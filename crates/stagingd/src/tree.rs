@@ -84,6 +84,8 @@ pub struct TreeState {
     /// first `ReadDir` by hash and kept until the root changes: a peer planning
     /// a full copy lists every directory, and each lookup must not walk the tree.
     dir_index: std::sync::Mutex<Option<(Hash, Arc<DirIndex>)>>,
+    /// What changed from one root to the next, for `ReadChanges`.
+    changes: std::sync::Mutex<crate::changelog::ChangeLog>,
 }
 
 impl TreeState {
@@ -115,6 +117,7 @@ impl TreeState {
             )),
             pending_events: std::sync::atomic::AtomicUsize::new(0),
             dir_index: std::sync::Mutex::new(None),
+            changes: std::sync::Mutex::new(crate::changelog::ChangeLog::default()),
         })
     }
 
@@ -159,6 +162,12 @@ impl TreeState {
         let index = Arc::new(index);
         *slot = Some((root, Arc::clone(&index)));
         index
+    }
+
+    /// The paths changed since this tree had root `since`, up to the manifest
+    /// with root `current` (see `changelog`).
+    pub fn changes_since(&self, since: Hash, current: Hash) -> Option<Vec<manifest::RelPath>> {
+        self.changes.lock().unwrap_or_else(|p| p.into_inner()).since(since, current)
     }
 
     pub fn watch_state(&self) -> (pb::WatchState, String) {
@@ -238,7 +247,8 @@ impl TreeState {
         extra: impl FnOnce(&mut TreeView),
     ) -> bool {
         let now = unix_now();
-        let info = {
+        let new = Arc::clone(&manifest);
+        let (info, old) = {
             let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
             if base.is_some_and(|base| !Arc::ptr_eq(base, &view.manifest)) {
                 return false;
@@ -246,12 +256,16 @@ impl TreeState {
             if view.manifest.root_hash() != manifest.root_hash() || view.root_changed_unix == 0 {
                 view.root_changed_unix = now;
             }
-            view.manifest = manifest;
+            let old = std::mem::replace(&mut view.manifest, manifest);
             view.readiness = readiness;
             view.manifest_updated_unix = now;
             extra(&mut view);
-            RootInfo { root: view.manifest.root_hash(), readiness, changed_unix: view.root_changed_unix }
+            (RootInfo { root: view.manifest.root_hash(), readiness, changed_unix: view.root_changed_unix }, old)
         };
+        if old.root_hash() != new.root_hash() {
+            let paths = manifest::changed_paths(&old, &new, crate::changelog::MAX_PATHS);
+            self.changes.lock().unwrap_or_else(|p| p.into_inner()).record(old.root_hash(), new.root_hash(), paths);
+        }
         self.root_tx.send_if_modified(|current| {
             let changed = current.root != info.root || current.readiness != info.readiness;
             *current = info;

@@ -25,8 +25,13 @@ pub fn dir_to_proto(dir: &Dir, root: Hash) -> pb::ReadDirResponse {
 }
 
 fn entry_to_proto(entry: &Entry) -> pb::DirEntry {
-    let base = pb::DirEntry { name: entry.name.to_vec(), ..pb::DirEntry::default() };
-    match &entry.node {
+    node_to_proto(&entry.name, &entry.node)
+}
+
+/// One entry; a directory is described by its metadata and hash, not its entries.
+fn node_to_proto(name: &[u8], node: &Node) -> pb::DirEntry {
+    let base = pb::DirEntry { name: name.to_vec(), ..pb::DirEntry::default() };
+    match node {
         Node::File(f) => pb::DirEntry {
             kind: pb::EntryKind::File.into(),
             mode: f.mode,
@@ -80,34 +85,7 @@ pub fn listing_from_proto(response: &pb::ReadDirResponse) -> Result<Listing, Wir
     let mut entries = Vec::with_capacity(response.entries.len());
     for entry in &response.entries {
         RelPath::check_name(&entry.name).map_err(|e| WireError::Name(e.to_string()))?;
-        let shown = manifest::path::escape(&entry.name);
-        let owner = Owner { uid: entry.uid, gid: entry.gid };
-        let mtime = timestamp(entry.mtime_secs, entry.mtime_nanos, &shown)?;
-        let mode = mode(entry.mode, &shown)?;
-        let listed = match pb::EntryKind::try_from(entry.kind) {
-            Ok(pb::EntryKind::File) if entry.size > manifest::path::MAX_FILE_BYTES => {
-                return Err(WireError::Field { field: "size", name: shown });
-            }
-            Ok(pb::EntryKind::File) => ListedEntry::File(FileMeta {
-                size: entry.size,
-                mode,
-                mtime,
-                hash: hash32(&entry.hash, "content hash", &shown)?,
-                owner,
-                stat: StatKey::default(),
-            }),
-            Ok(pb::EntryKind::Dir) => ListedEntry::Dir {
-                meta: DirMeta { mode, mtime, owner },
-                hash: hash32(&entry.hash, "directory hash", &shown)?,
-            },
-            Ok(pb::EntryKind::Symlink) => {
-                if entry.symlink_target.is_empty() || entry.symlink_target.contains(&0) {
-                    return Err(WireError::Field { field: "symlink target", name: shown });
-                }
-                ListedEntry::Symlink(SymlinkMeta { target: entry.symlink_target.clone().into(), mtime, owner })
-            }
-            _ => return Err(WireError::Kind { kind: entry.kind, name: shown }),
-        };
+        let listed = listed_from_proto(entry, &manifest::path::escape(&entry.name))?;
         entries.push((manifest::Name::new(&entry.name), listed));
     }
     let meta = DirMeta {
@@ -116,6 +94,90 @@ pub fn listing_from_proto(response: &pb::ReadDirResponse) -> Result<Listing, Wir
         owner: Owner { uid: response.uid, gid: response.gid },
     };
     Ok(Listing { meta, entries })
+}
+
+/// The fields of one entry, each checked (its name is the caller's to check).
+fn listed_from_proto(entry: &pb::DirEntry, shown: &str) -> Result<ListedEntry, WireError> {
+    let shown = shown.to_owned();
+    let owner = Owner { uid: entry.uid, gid: entry.gid };
+    let mtime = timestamp(entry.mtime_secs, entry.mtime_nanos, &shown)?;
+    let mode = mode(entry.mode, &shown)?;
+    let listed = match pb::EntryKind::try_from(entry.kind) {
+        Ok(pb::EntryKind::File) if entry.size > manifest::path::MAX_FILE_BYTES => {
+            return Err(WireError::Field { field: "size", name: shown });
+        }
+        Ok(pb::EntryKind::File) => ListedEntry::File(FileMeta {
+            size: entry.size,
+            mode,
+            mtime,
+            hash: hash32(&entry.hash, "content hash", &shown)?,
+            owner,
+            stat: StatKey::default(),
+        }),
+        Ok(pb::EntryKind::Dir) => ListedEntry::Dir {
+            meta: DirMeta { mode, mtime, owner },
+            hash: hash32(&entry.hash, "directory hash", &shown)?,
+        },
+        Ok(pb::EntryKind::Symlink) => {
+            if entry.symlink_target.is_empty() || entry.symlink_target.contains(&0) {
+                return Err(WireError::Field { field: "symlink target", name: shown });
+            }
+            ListedEntry::Symlink(SymlinkMeta { target: entry.symlink_target.clone().into(), mtime, owner })
+        }
+        _ => return Err(WireError::Kind { kind: entry.kind, name: shown }),
+    };
+    Ok(listed)
+}
+
+/// A `ReadChanges` answer as the manifest changes it describes. The one
+/// expected root is checked on every message; the paths pass the path rules,
+/// each entry's name is its path's last component, and every field is checked
+/// as in a listing. Order, and what the changes lead to, the planner checks.
+pub fn changes_from_proto(
+    response: &pb::ReadChangesResponse,
+    since: Hash,
+) -> Result<(Hash, Vec<(RelPath, Option<ListedEntry>)>), WireError> {
+    let from = hash32(&response.from_root, "from_root", "a change list")?;
+    if from != since {
+        return Err(WireError::Field { field: "from_root (not the root asked about)", name: "a change list".into() });
+    }
+    let to = hash32(&response.to_root, "to_root", "a change list")?;
+    let mut changes = Vec::with_capacity(response.changes.len());
+    for change in &response.changes {
+        let path = RelPath::new(&change.path).map_err(|e| WireError::Name(e.to_string()))?;
+        let shown = path.display();
+        let entry = match &change.entry {
+            None => None,
+            Some(entry) => {
+                if entry.name.as_slice() != path.components().next_back().unwrap_or_default() {
+                    return Err(WireError::Field { field: "entry name (not the path's last component)", name: shown });
+                }
+                Some(listed_from_proto(entry, &shown)?)
+            }
+        };
+        changes.push((path, entry));
+    }
+    Ok((to, changes))
+}
+
+/// The change at `path` of `manifest`: the entry there now, if any.
+pub fn change_to_proto(manifest: &manifest::Manifest, path: &RelPath) -> pb::Change {
+    let name = path.components().next_back().unwrap_or_default();
+    let entry = if path.is_root() {
+        Some(pb::DirEntry {
+            kind: pb::EntryKind::Dir.into(),
+            mode: manifest.root().meta.mode,
+            mtime_secs: manifest.root().meta.mtime.secs,
+            mtime_nanos: manifest.root().meta.mtime.nanos,
+            hash: manifest.root_hash().as_bytes().to_vec(),
+            uid: manifest.root().meta.owner.uid,
+            gid: manifest.root().meta.owner.gid,
+            ..pb::DirEntry::default()
+        })
+    } else {
+        manifest.get(path).map(|node| node_to_proto(name, node))
+    };
+    pb::Change { path: path.as_bytes().to_vec(), entry }
 }
 
 /// Decodes one content piece.

@@ -719,4 +719,7 @@ impl PeerSource for NoPeer {
     async fn fetch(&self, _wanted: Vec<crate::remote::Wanted>) -> Result<crate::remote::PieceStream, RemoteError> {
         match *self {}
     }
+    async fn read_changes(&self, _since: Hash) -> Result<Option<crate::remote::Changes>, RemoteError> {
+        match *self {}
+    }
 }

@@ -96,6 +96,21 @@ pub trait PeerSource: Send + Sync {
     fn read_dirs(&self, wanted: Vec<Wanted>) -> impl Future<Output = Result<Vec<Listing>, RemoteError>> + Send;
     /// Streams the content of `wanted`, in order (see `FetchContent` in the proto).
     fn fetch(&self, wanted: Vec<Wanted>) -> impl Future<Output = Result<PieceStream, RemoteError>> + Send;
+    /// What changed in the peer's tree since it had root `since` (see
+    /// `ReadChanges` in the proto). `Ok(None)` when the peer cannot say — it
+    /// does not remember that root, too much changed, or it predates the call:
+    /// the caller walks the tree instead.
+    fn read_changes(&self, since: Hash) -> impl Future<Output = Result<Option<Changes>, RemoteError>> + Send;
+}
+
+/// A peer's account of what changed since a root: for each changed path, sorted,
+/// the entry there now (a directory without its entries) or `None` when gone.
+/// Not trusted: [`plan_target`] applies it to our manifest and keeps the result
+/// only if its root hash is the one the peer's status gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changes {
+    pub to_root: Hash,
+    pub changes: Vec<(RelPath, Option<ListedEntry>)>,
 }
 
 /// A content or directory hash to ask the peer for, with the path at which the
@@ -131,6 +146,20 @@ pub async fn plan_target<P: PeerSource>(
         return Ok(local.clone());
     }
     let timer = std::time::Instant::now();
+    if let Some(changes) = peer.read_changes(local.root_hash()).await? {
+        let count = changes.changes.len();
+        match target_from_changes(local, remote_root, changes, excludes) {
+            Ok(target) => {
+                tracing::debug!(
+                    changes = count,
+                    millis = timer.elapsed().as_millis() as u64,
+                    "peer tree from its changes"
+                );
+                return Ok(target);
+            }
+            Err(why) => tracing::warn!("the peer's list of changes was not usable ({why}); walking its tree instead"),
+        }
+    }
     let mut known: HashMap<Hash, &Arc<Dir>> = HashMap::new();
     index_dirs(local.root(), &mut known);
     let indexed = timer.elapsed();
@@ -160,6 +189,49 @@ pub async fn plan_target<P: PeerSource>(
         "peer tree planned"
     );
     Ok(Manifest::new(Arc::unwrap_or_clone(root)))
+}
+
+/// Our manifest with the peer's changes applied, if that is the peer's tree
+/// (root `remote_root`), minus what `excludes` leaves out here.
+fn target_from_changes(
+    local: &Manifest,
+    remote_root: Hash,
+    changes: Changes,
+    excludes: &Excludes,
+) -> Result<Manifest, String> {
+    if changes.to_root != remote_root {
+        return Err(format!("they lead to {}, and the peer's tree is now {remote_root}", changes.to_root));
+    }
+    let mut target = local.clone();
+    let mut excluded = Vec::new();
+    let nodes = changes.changes.into_iter().map(|(path, entry)| {
+        if excludes.is_excluded(&path) {
+            excluded.push(path.clone());
+        }
+        let node = entry.map(|entry| match entry {
+            ListedEntry::File(f) => Node::File(f),
+            ListedEntry::Symlink(s) => Node::Symlink(s),
+            ListedEntry::Dir { meta, .. } => Node::Dir(Arc::new(Dir::empty(meta))),
+        });
+        (path, node)
+    });
+    target.apply_changes(nodes).map_err(|e| e.to_string())?;
+    if target.root_hash() != remote_root {
+        return Err(format!("applied to our tree they give root {}, not the peer's {remote_root}", target.root_hash()));
+    }
+    if !excluded.is_empty() {
+        target
+            .batch(|m| -> Result<(), manifest::tree::TreeError> {
+                for path in &excluded {
+                    if m.get(path).is_some() {
+                        m.remove(path, true)?;
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(target)
 }
 
 /// Every directory below `dir` by hash: the peer's directories with one of these

@@ -12,7 +12,7 @@ use manifest::{Dir, FileMeta, Hash, Manifest, Node, Owner, RelPath, ScanOptions,
 use sync::engine::{Event, Outcome, SyncRequest, TreeSetup, sync_tree};
 use sync::guards::{DeleteLimits, SourcePool, SourceReadiness};
 use sync::remote::{
-    ListedEntry, Listing, PeerSource, Piece, PieceStream, RemoteError, RemoteStatus, RemoteTree, Wanted,
+    Changes, ListedEntry, Listing, PeerSource, Piece, PieceStream, RemoteError, RemoteStatus, RemoteTree, Wanted,
 };
 use sync::{FakeProbe, Space, StatvfsProbe};
 
@@ -36,6 +36,11 @@ struct MemoryPeer {
     fetched: Mutex<Vec<Hash>>,
     /// A listing that never arrives.
     hang_read_dir: bool,
+    /// An earlier manifest of this tree, whose changes since it `read_changes` tells.
+    earlier: Option<Manifest>,
+    /// Rewrites a list of changes before it is sent.
+    tamper_changes: Tamper<Changes>,
+    read_changes_calls: AtomicUsize,
 }
 
 impl MemoryPeer {
@@ -58,7 +63,16 @@ impl MemoryPeer {
             read_dir_calls: AtomicUsize::new(0),
             fetched: Mutex::new(Vec::new()),
             hang_read_dir: false,
+            earlier: None,
+            tamper_changes: Box::new(|_| {}),
+            read_changes_calls: AtomicUsize::new(0),
         }
+    }
+
+    /// This peer, remembering `earlier` as a manifest it had before.
+    fn remembering(mut self, earlier: Manifest) -> Self {
+        self.earlier = Some(earlier);
+        self
     }
 
     fn find(dir: &Dir, hash: Hash) -> Option<&Dir> {
@@ -120,6 +134,26 @@ impl PeerSource for MemoryPeer {
             listings.push(self.listing(hash).await?);
         }
         Ok(listings)
+    }
+
+    async fn read_changes(&self, since: Hash) -> Result<Option<Changes>, RemoteError> {
+        self.read_changes_calls.fetch_add(1, Ordering::Relaxed);
+        let Some(earlier) = self.earlier.as_ref().filter(|m| m.root_hash() == since) else {
+            return Ok(None);
+        };
+        let paths = manifest::changed_paths(earlier, &self.manifest, usize::MAX).unwrap();
+        let node = |path: &RelPath| match path.is_root() {
+            true => Some(ListedEntry::Dir { meta: self.manifest.root().meta, hash: self.manifest.root_hash() }),
+            false => self.manifest.get(path).map(|node| match node {
+                Node::File(f) => ListedEntry::File(f.clone()),
+                Node::Symlink(s) => ListedEntry::Symlink(s.clone()),
+                Node::Dir(d) => ListedEntry::Dir { meta: d.meta, hash: d.hash() },
+            }),
+        };
+        let changes = paths.into_iter().map(|path| (path.clone(), node(&path))).collect();
+        let mut changes = Changes { to_root: self.manifest.root_hash(), changes };
+        (self.tamper_changes)(&mut changes);
+        Ok(Some(changes))
     }
 
     async fn fetch(&self, wanted: Vec<Wanted>) -> Result<PieceStream, RemoteError> {
@@ -244,6 +278,84 @@ fn an_honest_peer_is_copied_exactly_and_a_small_change_lists_only_what_changed()
     assert_eq!(receiver.manifest().root_hash(), peer.manifest.root_hash());
     assert_eq!(peer.read_dirs.load(Ordering::Relaxed), 3, "root, php-1.44, includes");
     assert_eq!(peer.fetched.lock().unwrap().len(), 1, "only the changed file's content is fetched");
+}
+
+/// A source large enough that the deletions of [`change_everything`] stay below
+/// the default delete threshold.
+fn larger_source_tree() -> tempfile::TempDir {
+    let source = source_tree();
+    for i in 0..40 {
+        write(source.path(), &format!("php-1.44/languages/L{i}.php"), format!("<?php // L{i}\n").as_bytes());
+    }
+    source
+}
+
+/// The source after a change of every kind: a file modified, one added in a new
+/// directory, one deleted, a directory deleted, a file turned into a directory.
+fn change_everything(source: &Path) {
+    write(source, "wmf-config/CommonSettings.php", b"<?php $x = 2;\n");
+    write(source, "php-1.44/extensions/New/New.php", b"<?php // new\n");
+    fs::remove_file(source.join("php-1.44/includes/F3.php")).unwrap();
+    fs::remove_dir_all(source.join("dblists")).unwrap();
+    fs::remove_file(source.join("php-1.44/includes/F4.php")).unwrap();
+    write(source, "php-1.44/includes/F4.php/inside.php", b"<?php // was a file\n");
+}
+
+#[test]
+fn a_peer_that_remembers_our_tree_tells_what_changed_and_nothing_is_listed() {
+    let source = larger_source_tree();
+    let receiver = receiver();
+    let before = MemoryPeer::of(source.path());
+    run(&before, &receiver, &request());
+    change_everything(source.path());
+    let peer = MemoryPeer::of(source.path()).remembering(before.manifest.clone());
+    let report = run(&peer, &receiver, &request());
+    assert!(matches!(report.outcome, Outcome::Applied), "{:?}", report.outcome);
+    assert_eq!(receiver.manifest().root_hash(), peer.manifest.root_hash());
+    assert_eq!(peer.read_changes_calls.load(Ordering::Relaxed), 1);
+    assert_eq!(peer.read_dirs.load(Ordering::Relaxed), 0, "no directory listed");
+    assert_eq!(peer.fetched.lock().unwrap().len(), 3, "the changed, the new and the moved-down file");
+
+    // A peer that does not remember our root: the walk, as before.
+    write(source.path(), "wmf-config/CommonSettings.php", b"<?php $x = 3;\n");
+    let peer = MemoryPeer::of(source.path()).remembering(before.manifest.clone());
+    let report = run(&peer, &receiver, &request());
+    assert!(matches!(report.outcome, Outcome::Applied), "{:?}", report.outcome);
+    assert_eq!(receiver.manifest().root_hash(), peer.manifest.root_hash());
+    assert_eq!(peer.read_dirs.load(Ordering::Relaxed), 2, "root and wmf-config");
+}
+
+#[test]
+fn a_list_of_changes_that_does_not_lead_to_the_peers_root_is_not_used() {
+    type Lie = fn(&mut Changes);
+    let lies: [(&str, Lie); 4] = [
+        ("drops a change", |c| {
+            c.changes.pop();
+        }),
+        ("alters a file", |c| {
+            for (_, entry) in &mut c.changes {
+                if let Some(ListedEntry::File(f)) = entry {
+                    f.hash = Hash::of_content(b"something else");
+                }
+            }
+        }),
+        ("claims another root", |c| c.to_root = Hash::of_content(b"elsewhere")),
+        ("sends paths out of order", |c| c.changes.reverse()),
+    ];
+    for (lie, tamper) in lies {
+        let source = larger_source_tree();
+        let receiver = receiver();
+        let before = MemoryPeer::of(source.path());
+        run(&before, &receiver, &request());
+        change_everything(source.path());
+        let mut peer = MemoryPeer::of(source.path()).remembering(before.manifest.clone());
+        peer.tamper_changes = Box::new(tamper);
+        let report = run(&peer, &receiver, &request());
+        // Caught by the root check, and the walk gives the peer's real tree.
+        assert!(matches!(report.outcome, Outcome::Applied), "{lie}: {:?}", report.outcome);
+        assert_eq!(receiver.manifest().root_hash(), peer.manifest.root_hash(), "{lie}");
+        assert!(peer.read_dirs.load(Ordering::Relaxed) > 0, "{lie}: walked instead");
+    }
 }
 
 #[test]
