@@ -45,23 +45,25 @@ fn compare_dirs(from: &Dir, to: &Dir, path: &RelPath, out: &mut Vec<RelPath>, li
             std::cmp::Ordering::Greater => (None, new.next()),
             std::cmp::Ordering::Equal => (old.next(), new.next()),
         };
-        let name = &a.or(b).expect("one side has an entry").name;
-        let child = path.join(name).ok()?;
+        // Most entries of a changed directory are not changed: no path for them.
+        let child = || path.join(&a.or(b).expect("one side has an entry").name).ok();
         match (a.map(|e| &e.node), b.map(|e| &e.node)) {
             (Some(Node::Dir(x)), Some(Node::Dir(y))) => {
                 if x.meta != y.meta || x.hash() != y.hash() {
-                    out.push(child.clone());
-                }
-                if x.hash() != y.hash() {
-                    compare_dirs(x, y, &child, out, limit)?;
+                    let child = child()?;
+                    if x.hash() != y.hash() {
+                        compare_dirs(x, y, &child, out, limit)?;
+                    }
+                    out.push(child);
                 }
             }
             (Some(x), Some(y)) if same_node(x, y) => {}
             (_, Some(Node::Dir(added))) => {
-                out.push(child.clone());
+                let child = child()?;
                 push_all(added, &child, out, limit)?;
+                out.push(child);
             }
-            _ => out.push(child),
+            _ => out.push(child()?),
         }
         if out.len() > limit {
             return None;

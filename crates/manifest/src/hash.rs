@@ -3,6 +3,12 @@
 use std::fmt;
 use std::str::FromStr;
 
+/// A set of hashes with a fast, per-process seeded hasher: SipHash over 32
+/// bytes was most of the time of a walk looking up every file's hash.
+pub type HashSet = std::collections::HashSet<Hash, foldhash::fast::RandomState>;
+/// A map keyed by hashes (see [`HashSet`]).
+pub type HashMap<V> = std::collections::HashMap<Hash, V, foldhash::fast::RandomState>;
+
 /// A BLAKE3 hash. Shown and parsed as 64 lowercase hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Hash(pub [u8; 32]);

@@ -194,6 +194,18 @@ pub fn diff(from: &Manifest, to: &Manifest) -> Plan {
     builder.finish(from.root_hash(), to.root_hash())
 }
 
+/// True when [`Builder::node`] would find nothing to do.
+fn unchanged(from: &Node, to: &Node) -> bool {
+    match (from, to) {
+        (Node::File(a), Node::File(b)) => {
+            a.hash == b.hash && a.size == b.size && a.mode == b.mode && a.mtime == b.mtime
+        }
+        (Node::Symlink(a), Node::Symlink(b)) => a.target == b.target,
+        (Node::Dir(a), Node::Dir(b)) => a.hash() == b.hash() && a.meta.mode == b.meta.mode,
+        _ => false,
+    }
+}
+
 #[derive(Default)]
 struct Builder {
     kind_change_removals: Vec<Op>,
@@ -228,7 +240,10 @@ impl Builder {
                     }
                     Ordering::Equal => {
                         let (old, new) = (a.next().expect("peeked"), b.next().expect("peeked"));
-                        self.node(&join(path, &old.name), &old.node, &new.node);
+                        // Most entries of a changed directory are not changed: no path for them.
+                        if !unchanged(&old.node, &new.node) {
+                            self.node(&join(path, &old.name), &old.node, &new.node);
+                        }
                     }
                 }
             }

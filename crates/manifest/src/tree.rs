@@ -319,33 +319,45 @@ pub enum HashInput<'a> {
 /// ascending name order: lets a listing from a peer be checked against the hash
 /// it was asked for before any of its subdirectories is fetched.
 pub fn hash_listing<'a>(children: impl IntoIterator<Item = (&'a [u8], HashInput<'a>)>) -> Hash {
+    // The encoding goes to BLAKE3 in blocks, not field by field: one `update`
+    // per field cost more than the hashing itself (a directory of 17,000 files
+    // took 3.5 ms to rehash), and the hash of the concatenation is the same.
     let mut hasher = blake3::Hasher::new_derive_key(DIR_HASH_CONTEXT);
+    let mut block = Vec::with_capacity(LISTING_BLOCK + 512);
     for (name, input) in children {
-        hasher.update(&(name.len() as u32).to_le_bytes());
-        hasher.update(name);
+        block.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        block.extend_from_slice(name);
         match input {
             HashInput::File(f) => {
-                hasher.update(&[Kind::File.code()]);
-                hasher.update(&f.mode.to_le_bytes());
-                hasher.update(&f.size.to_le_bytes());
-                hasher.update(&f.mtime.secs.to_le_bytes());
-                hasher.update(&f.mtime.nanos.to_le_bytes());
-                hasher.update(f.hash.as_bytes());
+                block.push(Kind::File.code());
+                block.extend_from_slice(&f.mode.to_le_bytes());
+                block.extend_from_slice(&f.size.to_le_bytes());
+                block.extend_from_slice(&f.mtime.secs.to_le_bytes());
+                block.extend_from_slice(&f.mtime.nanos.to_le_bytes());
+                block.extend_from_slice(f.hash.as_bytes());
             }
             HashInput::Dir { mode, hash } => {
-                hasher.update(&[Kind::Dir.code()]);
-                hasher.update(&mode.to_le_bytes());
-                hasher.update(hash.as_bytes());
+                block.push(Kind::Dir.code());
+                block.extend_from_slice(&mode.to_le_bytes());
+                block.extend_from_slice(hash.as_bytes());
             }
             HashInput::Symlink(target) => {
-                hasher.update(&[Kind::Symlink.code()]);
-                hasher.update(&(target.len() as u32).to_le_bytes());
-                hasher.update(target);
+                block.push(Kind::Symlink.code());
+                block.extend_from_slice(&(target.len() as u32).to_le_bytes());
+                block.extend_from_slice(target);
             }
         }
+        if block.len() >= LISTING_BLOCK {
+            hasher.update(&block);
+            block.clear();
+        }
     }
+    hasher.update(&block);
     hasher.finalize().into()
 }
+
+/// Bytes of a listing's encoding handed to BLAKE3 at once (16 of its chunks).
+const LISTING_BLOCK: usize = 16 << 10;
 
 /// A whole tree's manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -456,6 +468,26 @@ impl Manifest {
         })
     }
 
+    /// Records what `stat` says of the entry at `path` that no hash covers — its
+    /// owner and, for a file, its stat key — without recomputing anything.
+    pub fn set_local_facts(&mut self, path: &RelPath, owner: Owner, stat: Option<StatKey>) -> Result<(), TreeError> {
+        let (parents, name) = split_parent(path)?;
+        self.root.with_dir_mut(path, &parents, false, |dir| {
+            let i = dir.position(name).map_err(|_| TreeError::NotFound(path.clone()))?;
+            match &mut dir.children[i].node {
+                Node::File(f) => {
+                    f.owner = owner;
+                    if let Some(stat) = stat {
+                        f.stat = stat;
+                    }
+                }
+                Node::Dir(d) => std::sync::Arc::make_mut(d).meta.owner = owner,
+                Node::Symlink(s) => s.owner = owner,
+            }
+            Ok(())
+        })
+    }
+
     /// Makes many changes, recomputing each touched directory's hash and totals
     /// once at the end instead of after every change: filling a directory of k
     /// entries one by one would otherwise rehash it k times. Lookups inside the
@@ -496,34 +528,42 @@ impl Manifest {
     /// One path for each of the `wanted` content hashes that a file in this
     /// manifest holds (the first in depth-first name order). Builds a path only
     /// for the files it returns, and stops as soon as every hash is found.
-    pub fn paths_of_contents(
-        &self,
-        wanted: &std::collections::HashSet<Hash>,
-    ) -> std::collections::HashMap<Hash, RelPath> {
+    pub fn paths_of_contents(&self, wanted: &crate::hash::HashSet) -> crate::hash::HashMap<RelPath> {
+        /// `path` is the directory's path as bytes, extended and truncated in place.
         fn visit(
             dir: &Dir,
-            path: &RelPath,
-            wanted: &std::collections::HashSet<Hash>,
-            found: &mut std::collections::HashMap<Hash, RelPath>,
+            path: &mut Vec<u8>,
+            wanted: &crate::hash::HashSet,
+            found: &mut crate::hash::HashMap<RelPath>,
         ) {
             for entry in &dir.children {
                 if found.len() == wanted.len() {
                     return;
                 }
+                let len = path.len();
                 match &entry.node {
                     Node::File(f) if wanted.contains(&f.hash) && !found.contains_key(&f.hash) => {
-                        found.insert(f.hash, path.join(&entry.name).expect("manifest names are validated on entry"));
+                        push_component(path, &entry.name);
+                        found.insert(f.hash, RelPath::new(&path[..]).expect("manifest names are validated on entry"));
                     }
                     Node::Dir(d) => {
-                        visit(d, &path.join(&entry.name).expect("manifest names are validated on entry"), wanted, found)
+                        push_component(path, &entry.name);
+                        visit(d, path, wanted, found);
                     }
                     _ => {}
                 }
+                path.truncate(len);
             }
         }
-        let mut found = std::collections::HashMap::with_capacity(wanted.len());
+        fn push_component(path: &mut Vec<u8>, name: &[u8]) {
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(name);
+        }
+        let mut found = crate::hash::HashMap::with_capacity_and_hasher(wanted.len(), Default::default());
         if !wanted.is_empty() {
-            visit(&self.root, &RelPath::root(), wanted, &mut found);
+            visit(&self.root, &mut Vec::with_capacity(256), wanted, &mut found);
         }
         found
     }
@@ -655,5 +695,28 @@ mod tests {
         assert_eq!(m.root_hash(), before);
         m.set_dir_meta(&p("d"), DirMeta { mode: 0o775, ..moved }).unwrap();
         assert_ne!(m.root_hash(), before);
+    }
+
+    #[test]
+    fn local_facts_change_owners_and_stat_keys_and_no_hash() {
+        let mut m = Manifest::empty();
+        m.insert(&p("d"), Node::Dir(Dir::empty(DirMeta { mode: 0o755, ..Default::default() }).into())).unwrap();
+        m.insert(&p("d/a"), file(b"abc")).unwrap();
+        let shared = m.clone();
+        let before = m.root_hash();
+        let owner = Owner { uid: 7, gid: 8 };
+        let stat = StatKey { ctime: Timestamp::new(5, 6), ino: 42, settled: true };
+        m.set_local_facts(&p("d/a"), owner, Some(stat)).unwrap();
+        m.set_local_facts(&p("d"), owner, None).unwrap();
+        assert_eq!(m.root_hash(), before);
+        let mut rebuilt = Manifest::empty();
+        rebuilt
+            .insert(&p("d"), Node::Dir(Dir::empty(DirMeta { mode: 0o755, mtime: Timestamp::default(), owner }).into()))
+            .unwrap();
+        let Node::File(f) = file(b"abc") else { unreachable!() };
+        rebuilt.insert(&p("d/a"), Node::File(FileMeta { owner, stat, ..f })).unwrap();
+        assert_eq!(m, rebuilt, "hashes as if built with those facts");
+        assert!(matches!(shared.get(&p("d/a")), Some(Node::File(f)) if f.stat.ino == 0), "a clone is not changed");
+        assert_eq!(m.set_local_facts(&p("d/missing"), owner, None), Err(TreeError::NotFound(p("d/missing"))));
     }
 }

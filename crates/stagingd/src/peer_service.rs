@@ -246,7 +246,7 @@ fn locate(manifest: &Manifest, wanted: &[Hash], hints: &[Vec<u8>]) -> HashMap<Ha
             paths.insert(*hash, path);
         }
     }
-    let rest: HashSet<Hash> = wanted.iter().filter(|h| !paths.contains_key(*h)).copied().collect();
+    let rest: manifest::hash::HashSet = wanted.iter().filter(|h| !paths.contains_key(*h)).copied().collect();
     if !rest.is_empty() {
         paths.extend(manifest.paths_of_contents(&rest));
     }

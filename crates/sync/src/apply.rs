@@ -164,14 +164,33 @@ pub fn apply(
     staging: &Staging,
     options: &ApplyOptions<'_>,
 ) -> Result<Applied, ApplyError> {
+    let mut target = old.clone();
+    target.apply(plan)?;
+    apply_to(root, tree_state_dir, old, plan, target, staging, options)
+}
+
+/// [`apply`] for a caller that has the manifest `plan` leads to (`plan` is
+/// `diff(old, target)`), which is then not rebuilt from `old` and `plan`.
+pub fn apply_to(
+    root: &Path,
+    tree_state_dir: &Path,
+    old: &Manifest,
+    plan: &Plan,
+    target: Manifest,
+    staging: &Staging,
+    options: &ApplyOptions<'_>,
+) -> Result<Applied, ApplyError> {
+    if old.root_hash() != plan.from_root {
+        return Err(PlanError::WrongBase { id: plan.id, expected: plan.from_root, actual: old.root_hash() }.into());
+    }
+    if target.root_hash() != plan.to_root {
+        return Err(PlanError::WrongResult { id: plan.id, expected: plan.to_root, actual: target.root_hash() }.into());
+    }
     if !staging.is_durable() {
         return Err(ApplyError::NotDurable(staging.sync_id().clone()));
     }
     let timer = std::time::Instant::now();
     let lap = |what: &str| tracing::debug!(millis = timer.elapsed().as_millis() as u64, "apply: {what}");
-    let mut target = old.clone();
-    target.apply(plan)?;
-    lap("target manifest built");
     staging.check_complete(plan)?;
     lap("staging checked");
     if Journal::read(tree_state_dir)?.is_some() {
@@ -557,8 +576,9 @@ fn verify(tree: &TreeRoot, plan: &Plan, mut target: Manifest) -> Result<Manifest
         Symlink(Box<[u8]>),
     }
     let mut cursor = DirCursor::new(tree)?;
-    // One batch: every refreshed entry rehashes its directory once, at the end.
-    target.batch(|m| -> Result<(), ApplyError> {
+    // What `lstat` adds (owner, stat key) is in no hash: nothing is rehashed.
+    {
+        let m = &mut target;
         for path in touched {
             if path.is_root() {
                 continue;
@@ -587,18 +607,15 @@ fn verify(tree: &TreeRoot, plan: &Plan, mut target: Manifest) -> Result<Manifest
                 (Some(Expected::File(f)), Some(s))
                     if s.kind == EntryKind::File && s.size == f.size && s.mode == f.mode && s.mtime == f.mtime =>
                 {
-                    let fresh = FileMeta {
-                        owner: manifest::Owner { uid: s.uid, gid: s.gid },
-                        stat: StatKey { ctime: s.ctime, ino: s.ino, settled: settled(s.ctime, settle) },
-                        ..f
-                    };
-                    m.insert(path, Node::File(fresh)).map_err(|e| mismatch("a file".into(), e.to_string()))?;
+                    let stat = StatKey { ctime: s.ctime, ino: s.ino, settled: settled(s.ctime, settle) };
+                    m.set_local_facts(path, manifest::Owner { uid: s.uid, gid: s.gid }, Some(stat))
+                        .map_err(|e| mismatch("a file".into(), e.to_string()))?;
                 }
                 (Some(Expected::Dir(meta)), Some(s))
                     if s.kind == EntryKind::Dir && s.mode == meta.mode && s.mtime == meta.mtime =>
                 {
-                    let meta = DirMeta { owner: manifest::Owner { uid: s.uid, gid: s.gid }, ..meta };
-                    m.set_dir_meta(path, meta).map_err(|e| mismatch("a directory".into(), e.to_string()))?;
+                    m.set_local_facts(path, manifest::Owner { uid: s.uid, gid: s.gid }, None)
+                        .map_err(|e| mismatch("a directory".into(), e.to_string()))?;
                 }
                 (Some(Expected::Symlink(target)), Some(s)) if s.kind == EntryKind::Symlink => {
                     let actual = read_link(tree, path)?;
@@ -622,8 +639,7 @@ fn verify(tree: &TreeRoot, plan: &Plan, mut target: Manifest) -> Result<Manifest
                 }
             }
         }
-        Ok(())
-    })?;
+    }
     Ok(target)
 }
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use manifest::{Excludes, Hash, Kind, Manifest, Op, Plan, PlanId, RelPath};
 
-use crate::apply::{ApplyOptions, apply};
+use crate::apply::{ApplyOptions, apply_to};
 use crate::capacity::CapacityProbe;
 use crate::guards::{self, DeleteLimits, PlanFacts, Refusal, SourceFacts, Subject};
 use crate::history::{Counts, History, HistoryRecord, RecordKind, RecordResult, RollbackTo, SyncId};
@@ -166,7 +166,6 @@ pub async fn sync_tree<P: PeerSource>(
     };
     let listed = phase.elapsed();
     let plan = manifest::diff(&local, &target);
-    drop(target);
     tracing::debug!(
         tree = %setup.name,
         listing_millis = listed.as_millis() as u64,
@@ -213,7 +212,7 @@ pub async fn sync_tree<P: PeerSource>(
     }
 
     let record = RecordDraft { kind: RecordKind::Sync, source: request.peer.clone(), request };
-    apply_plan(setup, local, plan, record, Some(peer), events, report).await
+    apply_plan(setup, local, Planned { plan, target }, record, Some(peer), events, report).await
 }
 
 /// Restores the tree as it was before the last sync (or before `to`), from the
@@ -268,7 +267,7 @@ pub async fn rollback_tree(
     let request =
         SyncRequest { peer: String::new(), who: who.to_owned(), reason: reason.to_owned(), ..SyncRequest::default() };
     let record = RecordDraft { kind: RecordKind::Rollback, source: target.sync_id.to_string(), request: &request };
-    apply_plan::<NoPeer>(setup, local, plan, record, None, events, report).await
+    apply_plan::<NoPeer>(setup, local, Planned { plan, target: target.manifest }, record, None, events, report).await
 }
 
 struct RecordDraft<'a> {
@@ -277,11 +276,17 @@ struct RecordDraft<'a> {
     request: &'a SyncRequest,
 }
 
-/// Stages (locally, then from `peer`), applies, and records `plan`.
+/// A plan and the manifest it leads to: `plan` is `diff(local, target)`.
+struct Planned {
+    plan: Plan,
+    target: Manifest,
+}
+
+/// Stages (locally, then from `peer`), applies, and records a plan.
 async fn apply_plan<P: PeerSource>(
     setup: &TreeSetup,
     local: Arc<Manifest>,
-    plan: Plan,
+    Planned { plan, target }: Planned,
     record: RecordDraft<'_>,
     peer: Option<&P>,
     events: &(dyn Fn(Event) + Send + Sync),
@@ -366,8 +371,8 @@ async fn apply_plan<P: PeerSource>(
             staging.finish().map_err(|e| e.to_string())?;
             let synced = timer.elapsed();
             let options = ApplyOptions { preserve_owner: setup.preserve_owner, step_hook: None };
-            let applied =
-                apply(&setup.root, &setup.state_dir, &local, &plan, &staging, &options).map_err(|e| e.to_string());
+            let applied = apply_to(&setup.root, &setup.state_dir, &local, &plan, target, &staging, &options)
+                .map_err(|e| e.to_string());
             tracing::debug!(
                 tree = %setup.name,
                 syncfs_millis = synced.as_millis() as u64,

@@ -366,7 +366,7 @@ pub fn stage_from_local(
     // One path per content the plan writes: a walk that builds a path only for
     // the files whose content is wanted (a small plan on a big tree allocates a
     // handful, not one per file).
-    let wanted: std::collections::HashSet<Hash> = plan
+    let wanted: manifest::hash::HashSet = plan
         .ops
         .iter()
         .filter_map(|op| match op {
