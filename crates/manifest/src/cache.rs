@@ -8,9 +8,11 @@
 //! written for another root. Directory hashes are recomputed on load rather than
 //! trusted.
 //!
-//! Layout (little-endian): magic `SDSTATC\x01`, `u32` format version, `u32` length +
-//! bytes of the root path it was made for, the root directory (below), then a
-//! 32-byte BLAKE3 hash of everything before it.
+//! Layout (little-endian): magic `SDSTATC\x01`, `u32` format version, (since
+//! version 2) the manifest's 32-byte root hash, `u32` length + bytes of the root
+//! path it was made for, the root directory (below), then a 32-byte BLAKE3 hash
+//! of everything before it. The root hash up front lets [`saved_root`] tell which
+//! manifest a file holds without decoding it; version 1 files are still read.
 //! A directory is its meta (`u32` mode, `i64`+`u32` mtime, `u32` uid, `u32` gid),
 //! a `u32` child count, and per child a `u16` name length, the name, a kind byte and:
 //! file — `u64` size, `u32` mode, mtime, ctime, `u64` inode, `u8` settled, uid,
@@ -26,7 +28,11 @@ use crate::path::RelPath;
 use crate::tree::{Dir, DirMeta, Entry, FileMeta, Kind, Manifest, Node, Owner, StatKey, SymlinkMeta, Timestamp};
 
 const MAGIC: &[u8; 8] = b"SDSTATC\x01";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+/// The oldest format version still read (it has no root hash in its header).
+const OLDEST_VERSION: u32 = 1;
+/// The stat cache's file name in a tree's state directory.
+pub const CACHE_FILE: &str = "stat.cache";
 /// Deeper than any path the path rules accept (4096 bytes make at most 2048 levels).
 const MAX_DEPTH: usize = 2100;
 
@@ -71,6 +77,7 @@ pub fn encode_to(manifest: &Manifest, root: &Path, sink: &mut dyn Write) -> io::
     let mut out = Encoder { buffer: Vec::with_capacity(ENCODE_CHUNK * 2), hasher: blake3::Hasher::new(), sink };
     out.buffer.extend_from_slice(MAGIC);
     out.buffer.extend_from_slice(&VERSION.to_le_bytes());
+    out.buffer.extend_from_slice(manifest.root_hash().as_bytes());
     let root = root.as_os_str().as_bytes();
     out.buffer.extend_from_slice(&(root.len() as u32).to_le_bytes());
     out.buffer.extend_from_slice(root);
@@ -163,9 +170,10 @@ pub fn decode(bytes: &[u8], root: &Path) -> Result<Manifest, String> {
     }
     let mut reader = Reader { bytes: body, at: MAGIC.len() };
     let version = reader.u32()?;
-    if version != VERSION {
-        return Err(format!("format version {version}, this build reads {VERSION}"));
+    if !(OLDEST_VERSION..=VERSION).contains(&version) {
+        return Err(format!("format version {version}, this build reads {OLDEST_VERSION} to {VERSION}"));
     }
+    let claimed = if version >= 2 { Some(Hash(reader.array::<32>()?)) } else { None };
     let root_len = reader.u32()? as usize;
     let cached_root = reader.take(root_len)?;
     if cached_root != root.as_os_str().as_bytes() {
@@ -175,7 +183,31 @@ pub fn decode(bytes: &[u8], root: &Path) -> Result<Manifest, String> {
     if reader.at != body.len() {
         return Err(format!("{} unexpected trailing bytes", body.len() - reader.at));
     }
-    Ok(Manifest::new(dir))
+    let manifest = Manifest::new(dir);
+    if let Some(claimed) = claimed
+        && claimed != manifest.root_hash()
+    {
+        return Err(format!("its header says root {claimed}, its entries hash to {}", manifest.root_hash()));
+    }
+    Ok(manifest)
+}
+
+/// The root hash of the manifest saved at `path`, read from its header alone:
+/// `None` for a file that is not a cache of this format (or of version 1, which
+/// does not record it). Only the header is read; the rest is not checked.
+pub fn saved_root(path: &Path) -> io::Result<Option<Hash>> {
+    use std::io::Read;
+    let mut header = [0u8; 8 + 4 + 32];
+    match std::fs::File::open(path)?.read_exact(&mut header) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
+    if &header[..8] != MAGIC || !(2..=VERSION).contains(&version) {
+        return Ok(None);
+    }
+    Ok(Some(Hash(header[12..].try_into().expect("32 bytes"))))
 }
 
 struct Reader<'a> {
@@ -266,5 +298,58 @@ impl<'a> Reader<'a> {
             children.push(Entry { name: name.into(), node });
         }
         Ok(Dir::new(meta, children))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::Timestamp;
+
+    fn sample() -> Manifest {
+        let mut m = Manifest::empty();
+        let file = FileMeta {
+            size: 3,
+            mode: 0o644,
+            mtime: Timestamp::new(1_700_000_000, 5),
+            hash: Hash::of_content(b"abc"),
+            owner: Owner { uid: 1, gid: 2 },
+            stat: StatKey { ctime: Timestamp::new(1_700_000_001, 0), ino: 9, settled: true },
+        };
+        m.insert(&RelPath::new("a.php").unwrap(), Node::File(file)).unwrap();
+        m
+    }
+
+    #[test]
+    fn the_header_names_the_root_and_version_1_files_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, path) = (Path::new("/srv/staging"), dir.path().join(CACHE_FILE));
+        let m = sample();
+        save(&m, root, &path).unwrap();
+        assert_eq!(saved_root(&path).unwrap(), Some(m.root_hash()));
+        assert_eq!(load(&path, root).unwrap(), Some(m.clone()));
+
+        // Version 1: no root hash after the version.
+        let v2 = encode(&m, root);
+        let mut v1 = v2[..8].to_vec();
+        v1.extend_from_slice(&1u32.to_le_bytes());
+        v1.extend_from_slice(&v2[12 + 32..v2.len() - 32]);
+        let checksum = blake3::hash(&v1);
+        v1.extend_from_slice(checksum.as_bytes());
+        std::fs::write(&path, &v1).unwrap();
+        assert_eq!(saved_root(&path).unwrap(), None, "version 1 does not say");
+        assert_eq!(load(&path, root).unwrap(), Some(m));
+    }
+
+    #[test]
+    fn a_header_root_that_the_entries_do_not_hash_to_is_refused() {
+        let root = Path::new("/srv/staging");
+        let mut bytes = encode(&sample(), root);
+        bytes[12] ^= 1;
+        let body = bytes.len() - 32;
+        let checksum = blake3::hash(&bytes[..body]);
+        bytes[body..].copy_from_slice(checksum.as_bytes());
+        let why = decode(&bytes, root).unwrap_err();
+        assert!(why.contains("header says root"), "{why}");
     }
 }

@@ -189,7 +189,7 @@ async fn watcher_caught_up(tree: &TreeState) -> bool {
 
 /// Installs the new manifest (or restores readiness) and builds the result.
 fn finish(
-    tree: &TreeState,
+    tree: &Arc<TreeState>,
     mut report: Report,
     local: Arc<manifest::Manifest>,
     source: String,
@@ -198,7 +198,9 @@ fn finish(
     let readiness_now = if tree.view().unreadable > 0 { Readiness::Incomplete } else { Readiness::Ready };
     match report.manifest.take() {
         Some(manifest) => {
-            if !tree.install_if(Some(&local), Arc::new(manifest), readiness_now, |_| {}) {
+            if tree.install_if(Some(&local), Arc::new(manifest), readiness_now, |_| {}) {
+                tree.save_cache_later();
+            } else {
                 // The watcher folded in a local change while we planned: our result
                 // is based on an older manifest, so look at the tree again.
                 stale.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -279,8 +279,8 @@ async fn save_stat_caches(node: &Node) {
         if view.readiness == crate::tree::Readiness::Scanning {
             continue;
         }
-        let (manifest, root, path) = (view.manifest, tree.root.clone(), tree.cache_path());
-        let saved = tokio::task::spawn_blocking(move || manifest::cache::save(&manifest, &root, &path)).await;
+        let (manifest, tree_state) = (view.manifest, Arc::clone(tree));
+        let saved = tokio::task::spawn_blocking(move || tree_state.save_cache(&manifest)).await;
         match saved {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(tree = %tree.name, "cannot save the stat cache at shutdown: {e}"),

@@ -86,6 +86,8 @@ pub struct TreeState {
     dir_index: std::sync::Mutex<Option<(Hash, Arc<DirIndex>)>>,
     /// What changed from one root to the next, for `ReadChanges`.
     changes: std::sync::Mutex<crate::changelog::ChangeLog>,
+    /// Held while the stat cache is written (see `save_cache`).
+    cache_writer: std::sync::Mutex<()>,
 }
 
 impl TreeState {
@@ -118,11 +120,32 @@ impl TreeState {
             pending_events: std::sync::atomic::AtomicUsize::new(0),
             dir_index: std::sync::Mutex::new(None),
             changes: std::sync::Mutex::new(crate::changelog::ChangeLog::default()),
+            cache_writer: std::sync::Mutex::new(()),
         })
     }
 
     pub fn cache_path(&self) -> PathBuf {
-        self.state_dir.join("stat.cache")
+        self.state_dir.join(cache::CACHE_FILE)
+    }
+
+    /// Writes `manifest` as this tree's stat cache (blocking). One writer at a
+    /// time: they share the temporary file name.
+    pub fn save_cache(&self, manifest: &Manifest) -> std::io::Result<()> {
+        let _one_writer = self.cache_writer.lock().unwrap_or_else(|p| p.into_inner());
+        cache::save(manifest, &self.root, &self.cache_path())
+    }
+
+    /// Saves the current manifest as the stat cache in the background, after a
+    /// sync or rollback: the next sync's before-manifest (what its rollback
+    /// restores) is then a hard link to it, not 110 bytes per entry written again.
+    pub fn save_cache_later(self: &Arc<Self>) {
+        let tree = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let manifest = tree.view().manifest;
+            if let Err(e) = tree.save_cache(&manifest) {
+                tracing::warn!(tree = %tree.name, "cannot write stat cache {}: {e}", tree.cache_path().display());
+            }
+        });
     }
 
     /// A snapshot of the current view.
@@ -199,7 +222,7 @@ impl TreeState {
                     manifest::scan(&tree.root, &options, manifest::scan::Previous::owned(cached))?
                 }
             };
-            if let Err(e) = cache::save(&scan.manifest, &tree.root, &tree.cache_path()) {
+            if let Err(e) = tree.save_cache(&scan.manifest) {
                 tracing::warn!(tree = %tree.name, "cannot write stat cache {}: {e}", tree.cache_path().display());
             }
             Ok((scan, started.elapsed()))

@@ -302,7 +302,8 @@ async fn apply_plan<P: PeerSource>(
         let (state_dir, root, local, sync_id) =
             (setup.state_dir.clone(), setup.root.clone(), Arc::clone(&local), sync_id.clone());
         tokio::task::spawn_blocking(move || {
-            History::open(&state_dir).save_before(&sync_id, &local, &root).map_err(|e| e.to_string())
+            let cache = state_dir.join(manifest::cache::CACHE_FILE);
+            History::open(&state_dir).save_before(&sync_id, &local, &root, Some(&cache)).map_err(|e| e.to_string())
         })
     };
     progress(events, "copying local content", 0, plan.totals.bytes_to_write);

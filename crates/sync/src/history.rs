@@ -232,7 +232,18 @@ impl History {
     }
 
     /// Saves the manifest the tree had before sync `id` (call before applying it).
-    pub fn save_before(&self, id: &SyncId, manifest: &Manifest, root: &Path) -> Result<(), HistoryError> {
+    /// When `saved` (the tree's stat cache) already holds a manifest with the same
+    /// root, that file is hard-linked instead of writing 110 bytes per entry again:
+    /// cache files are only ever replaced whole, never changed in place. (Such a
+    /// copy can differ from `manifest` only in what no hash covers: owners and
+    /// stat keys changed since the cache was written.)
+    pub fn save_before(
+        &self,
+        id: &SyncId,
+        manifest: &Manifest,
+        root: &Path,
+        saved: Option<&Path>,
+    ) -> Result<(), HistoryError> {
         let dir = self.before_dir();
         fs_err::create_dir_all(&dir).map_err(|source| HistoryError::Io {
             op: "create directory",
@@ -240,7 +251,28 @@ impl History {
             source,
         })?;
         let path = self.before_path(id);
+        if let Some(saved) = saved
+            && self.link_if_same(saved, &path, manifest.root_hash())
+        {
+            return Ok(());
+        }
         manifest::cache::save(manifest, root, &path).map_err(|source| HistoryError::Io { op: "save", path, source })
+    }
+
+    /// Hard-links `saved` to `path` (durably) if it holds the manifest with root
+    /// `root_hash`. False, with nothing left at `path`, otherwise.
+    fn link_if_same(&self, saved: &Path, path: &Path, root_hash: Hash) -> bool {
+        let _ = std::fs::remove_file(path);
+        if std::fs::hard_link(saved, path).is_err() {
+            return false;
+        }
+        // Checked on the link: the cache may have been replaced since we looked.
+        let same = manifest::cache::saved_root(path).is_ok_and(|root| root == Some(root_hash))
+            && std::fs::File::open(self.before_dir()).and_then(|d| d.sync_all()).is_ok();
+        if !same {
+            let _ = std::fs::remove_file(path);
+        }
+        same
     }
 
     /// Loads the before-manifest of sync `id`.
@@ -305,5 +337,53 @@ impl History {
             source: io::Error::other(e.to_string()),
         })?;
         Ok(retained)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use manifest::{FileMeta, Node, RelPath};
+
+    use super::*;
+
+    fn manifest_with(content: &[u8]) -> Manifest {
+        let mut m = Manifest::empty();
+        let file = FileMeta {
+            size: content.len() as u64,
+            mode: 0o644,
+            mtime: Default::default(),
+            hash: Hash::of_content(content),
+            owner: Default::default(),
+            stat: Default::default(),
+        };
+        m.insert(&RelPath::new("a").unwrap(), Node::File(file)).unwrap();
+        m
+    }
+
+    #[test]
+    fn a_before_manifest_equal_to_the_stat_cache_is_a_link_to_it_and_any_other_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, state) = (dir.path().join("tree"), dir.path().join("state"));
+        let cache = state.join(manifest::cache::CACHE_FILE);
+        let history = History::open(&state);
+        let cached = manifest_with(b"one");
+        fs_err::create_dir_all(&state).unwrap();
+        manifest::cache::save(&cached, &root, &cache).unwrap();
+
+        let same = SyncId::new("s1-same".into()).unwrap();
+        history.save_before(&same, &cached, &root, Some(&cache)).unwrap();
+        let linked = std::fs::metadata(history.before_path(&same)).unwrap();
+        assert_eq!(linked.ino(), std::fs::metadata(&cache).unwrap().ino(), "a hard link, not a copy");
+        assert_eq!(history.load_before(&same, &root).unwrap(), cached);
+
+        let other = SyncId::new("s2-other".into()).unwrap();
+        let changed = manifest_with(b"two");
+        history.save_before(&other, &changed, &root, Some(&cache)).unwrap();
+        let written = std::fs::metadata(history.before_path(&other)).unwrap();
+        assert_ne!(written.ino(), std::fs::metadata(&cache).unwrap().ino());
+        assert_eq!(history.load_before(&other, &root).unwrap(), changed);
+        assert_eq!(std::fs::metadata(&cache).unwrap().nlink(), 2, "the failed link attempt was removed");
     }
 }

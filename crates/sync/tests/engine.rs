@@ -485,7 +485,7 @@ fn recorded_sync(root: &Path, state: &Path, current: &Manifest, target_src: &Pat
     let plan = diff(current, &scan(target_src));
     let id = SyncId::generate(n, plan.id);
     let history = History::open(state);
-    history.save_before(&id, current, root).unwrap();
+    history.save_before(&id, current, root, None).unwrap();
     let staging = Staging::create(root, &id, false).unwrap();
     stage_from_dir(&staging, &plan, target_src);
     staging.finish().unwrap();
@@ -500,7 +500,7 @@ fn recorded_rollback(root: &Path, state: &Path, current: &Manifest, to: &Rollbac
     let target = history.rollback_target(root, to).unwrap();
     let plan = diff(current, &target.manifest);
     let id = SyncId::generate(n, plan.id);
-    history.save_before(&id, current, root).unwrap();
+    history.save_before(&id, current, root, None).unwrap();
     let staging = Staging::create(root, &id, false).unwrap();
     let missing = stage_from_local(&staging, &plan, current, &Trash::open(root).unwrap()).unwrap();
     assert!(missing.is_empty(), "all rollback content is local: {missing:?}");
