@@ -322,19 +322,6 @@ impl DirCursor {
     }
 }
 
-/// Starts writing `fd`'s dirty pages back without waiting for it
-/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`), so a later `syncfs` finds most
-/// of a big staging already on its way to disk. Only a hint: no durability is
-/// promised, and an error changes nothing.
-pub(crate) fn start_writeback(fd: impl AsFd) {
-    use std::os::fd::AsRawFd;
-    let fd = fd.as_fd();
-    // SAFETY: `fd` is a valid open descriptor for the duration of the call, and
-    // sync_file_range neither reads nor writes our memory.
-    #[allow(unsafe_code)]
-    let _ = unsafe { libc::sync_file_range(fd.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
-}
-
 fn beneath() -> ResolveFlags {
     ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS
 }
