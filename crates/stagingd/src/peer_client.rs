@@ -119,16 +119,17 @@ impl PeerSource for GrpcPeer {
         loop {
             match stream.message().await {
                 Ok(Some(response)) => {
-                    let (to, part) = wire::changes_from_proto(&response, since).map_err(|e| {
-                        RemoteError::BadListing { path: "(list of changes)".into(), why: e.to_string() }
+                    let part = wire::changes_from_proto(&response, since).map_err(|e| RemoteError::BadListing {
+                        path: "(list of changes)".into(),
+                        why: e.to_string(),
                     })?;
-                    if *to_root.get_or_insert(to) != to {
+                    if *to_root.get_or_insert(part.to_root) != part.to_root {
                         return Err(RemoteError::BadListing {
                             path: "(list of changes)".into(),
                             why: "messages of one answer lead to different roots".into(),
                         });
                     }
-                    changes.extend(part);
+                    changes.extend(part.changes);
                 }
                 Ok(None) => break,
                 Err(status) if status.code() == tonic::Code::NotFound => return Ok(None),

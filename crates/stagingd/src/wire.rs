@@ -8,7 +8,7 @@
 
 use manifest::{Dir, DirMeta, Entry, FileMeta, Hash, Node, Owner, RelPath, StatKey, SymlinkMeta, Timestamp};
 use proto::v1 as pb;
-use sync::remote::{ListedEntry, Listing, Piece};
+use sync::remote::{Changes, ListedEntry, Listing, Piece};
 
 /// A manifest directory as a `ReadDir` answer.
 pub fn dir_to_proto(dir: &Dir, root: Hash) -> pb::ReadDirResponse {
@@ -133,10 +133,7 @@ fn listed_from_proto(entry: &pb::DirEntry, shown: &str) -> Result<ListedEntry, W
 /// expected root is checked on every message; the paths pass the path rules,
 /// each entry's name is its path's last component, and every field is checked
 /// as in a listing. Order, and what the changes lead to, the planner checks.
-pub fn changes_from_proto(
-    response: &pb::ReadChangesResponse,
-    since: Hash,
-) -> Result<(Hash, Vec<(RelPath, Option<ListedEntry>)>), WireError> {
+pub fn changes_from_proto(response: &pb::ReadChangesResponse, since: Hash) -> Result<Changes, WireError> {
     let from = hash32(&response.from_root, "from_root", "a change list")?;
     if from != since {
         return Err(WireError::Field { field: "from_root (not the root asked about)", name: "a change list".into() });
@@ -157,7 +154,7 @@ pub fn changes_from_proto(
         };
         changes.push((path, entry));
     }
-    Ok((to, changes))
+    Ok(Changes { to_root: to, changes })
 }
 
 /// The change at `path` of `manifest`: the entry there now, if any.
@@ -273,5 +270,34 @@ mod tests {
         let mut bad_mode = honest;
         bad_mode.entries[0].mode = 0o100644;
         assert!(matches!(listing_from_proto(&bad_mode), Err(WireError::Field { field: "mode", .. })));
+    }
+
+    #[test]
+    fn changes_survive_the_wire_and_lies_about_them_are_caught() {
+        let m = sample();
+        let since = Hash::of_content(b"an earlier root");
+        let paths = ["", "a", "d/x", "gone"].map(|s| RelPath::new(s).unwrap());
+        let honest = pb::ReadChangesResponse {
+            from_root: since.as_bytes().to_vec(),
+            to_root: m.root_hash().as_bytes().to_vec(),
+            changes: paths.iter().map(|path| change_to_proto(&m, path)).collect(),
+        };
+        let changes = changes_from_proto(&honest, since).unwrap();
+        assert_eq!(changes.to_root, m.root_hash());
+        let decoded: Vec<(String, bool)> = changes.changes.iter().map(|(p, e)| (p.display(), e.is_some())).collect();
+        assert_eq!(decoded, [(".".into(), true), ("a".into(), true), ("d/x".into(), true), ("gone".into(), false)]);
+        assert!(matches!(&changes.changes[2].1, Some(ListedEntry::File(f)) if f.hash == Hash::of_content(b"x")));
+
+        let other_since = changes_from_proto(&honest, Hash::of_content(b"another root"));
+        assert!(matches!(other_since, Err(WireError::Field { .. })), "an answer about another root");
+        let mut escaping = honest.clone();
+        escaping.changes[1].path = b"../a".to_vec();
+        assert!(matches!(changes_from_proto(&escaping, since), Err(WireError::Name(_))));
+        let mut renamed = honest.clone();
+        renamed.changes[2].entry.as_mut().unwrap().name = b"y".to_vec();
+        assert!(matches!(changes_from_proto(&renamed, since), Err(WireError::Field { .. })), "name is not the path's");
+        let mut short_root = honest;
+        short_root.to_root.truncate(8);
+        assert!(matches!(changes_from_proto(&short_root, since), Err(WireError::Hash { .. })));
     }
 }
