@@ -210,12 +210,25 @@ impl tonic::service::Interceptor for PeerNameCheck {
     }
 }
 
+/// The largest HTTP/2 frame a peer may send us.
+pub const HTTP2_MAX_FRAME_BYTES: u32 = 1 << 20;
+/// How much of one stream a peer may send before we read it.
+pub const HTTP2_STREAM_WINDOW_BYTES: u32 = 8 << 20;
+/// How much of all streams of a connection a peer may send before we read it.
+pub const HTTP2_CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
+
 /// The endpoint for `peer`: timeouts, keepalives, and TLS when configured.
 /// Callers add their own per-call timeout (or none, for long-lived streams).
 pub fn peer_endpoint(config: &Config, peer: &PeerConfig) -> anyhow::Result<Endpoint> {
     let endpoint = Endpoint::from_shared(peer.url.clone())
         .with_context(|| format!("peer {}: bad url {}", peer.name, peer.url))?
         .connect_timeout(config.peer_timeout)
+        // Content arrives in 1 MiB messages on up to four streams at once: HTTP/2's
+        // defaults (16 KiB frames, a 5 MB connection window) cut them into 64
+        // frames each and stalled them on window updates.
+        .max_frame_size(HTTP2_MAX_FRAME_BYTES)
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
         .tcp_nodelay(true)
         .tcp_keepalive(Some(TCP_KEEPALIVE))
         .tcp_keepalive_interval(Some(TCP_KEEPALIVE_INTERVAL))
