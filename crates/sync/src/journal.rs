@@ -65,9 +65,18 @@ impl Journal {
     /// Writes the journal atomically and durably.
     pub fn write(&self, tree_state_dir: &Path) -> Result<(), JournalError> {
         let path = Self::path(tree_state_dir);
-        let record = JournalRecord::from(self);
-        let bytes = serde_json::to_vec(&record).expect("journal records always serialize");
-        manifest::fsutil::write_atomic(&path, &bytes).map_err(|source| JournalError::Io { op: "write", path, source })
+        // Streamed: a full copy's journal is ~70 MB of JSON, never held whole.
+        let record = JournalRecordOut {
+            version: VERSION,
+            sync_id: self.sync_id.as_str(),
+            plan_id: self.plan_id.to_string(),
+            from_root: self.from_root.to_hex(),
+            to_root: self.to_root.to_hex(),
+            preserve_owner: self.preserve_owner,
+            ops: OpsOut(&self.ops),
+        };
+        manifest::fsutil::write_atomic_with(&path, |file| serde_json::to_writer(file, &record).map_err(io::Error::from))
+            .map_err(|source| JournalError::Io { op: "write", path, source })
     }
 
     /// Reads the journal, `Ok(None)` when there is none.
@@ -211,50 +220,45 @@ fn parse_path(text: &str) -> Result<RelPath, String> {
     RelPath::new(unhex(text)?).map_err(|e| e.to_string())
 }
 
-impl From<&Journal> for JournalRecord {
-    fn from(j: &Journal) -> Self {
-        let ops = j
-            .ops
-            .iter()
-            .map(|(op, old)| {
-                let old_hash = old.map(|h| h.to_hex());
-                match op {
-                    Op::Delete { path, kind } => {
-                        JournalOp::Delete { path: hex(path.as_bytes()), kind: kind.code(), old_hash }
-                    }
-                    Op::MkDir { path, meta } => JournalOp::MkDir { path: hex(path.as_bytes()), meta: meta.into() },
-                    Op::WriteFile { path, file, replaces } => JournalOp::WriteFile {
-                        path: hex(path.as_bytes()),
-                        file: file.into(),
-                        replaces: *replaces,
-                        old_hash,
-                    },
-                    Op::SetFileMeta { path, file } => {
-                        JournalOp::SetFileMeta { path: hex(path.as_bytes()), file: file.into() }
-                    }
-                    Op::Symlink { path, link, replaces } => JournalOp::Symlink {
-                        path: hex(path.as_bytes()),
-                        target: hex(&link.target),
-                        mtime: time(link.mtime),
-                        owner: owner(link.owner),
-                        replaces: *replaces,
-                    },
-                    Op::SetDirMeta { path, meta, mode_changed } => JournalOp::SetDirMeta {
-                        path: hex(path.as_bytes()),
-                        meta: meta.into(),
-                        mode_changed: *mode_changed,
-                    },
-                }
-            })
-            .collect();
-        Self {
-            version: VERSION,
-            sync_id: j.sync_id.as_str().to_owned(),
-            plan_id: j.plan_id.to_string(),
-            from_root: j.from_root.to_hex(),
-            to_root: j.to_root.to_hex(),
-            preserve_owner: j.preserve_owner,
-            ops,
+/// The journal as written: like [`JournalRecord`], with the ops converted one
+/// at a time as they are serialized.
+#[derive(Serialize)]
+struct JournalRecordOut<'a> {
+    version: u32,
+    sync_id: &'a str,
+    plan_id: String,
+    from_root: String,
+    to_root: String,
+    preserve_owner: bool,
+    ops: OpsOut<'a>,
+}
+
+struct OpsOut<'a>(&'a [(Op, Option<Hash>)]);
+
+impl Serialize for OpsOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|(op, old)| journal_op(op, *old)))
+    }
+}
+
+fn journal_op(op: &Op, old: Option<Hash>) -> JournalOp {
+    let old_hash = old.map(|h| h.to_hex());
+    match op {
+        Op::Delete { path, kind } => JournalOp::Delete { path: hex(path.as_bytes()), kind: kind.code(), old_hash },
+        Op::MkDir { path, meta } => JournalOp::MkDir { path: hex(path.as_bytes()), meta: meta.into() },
+        Op::WriteFile { path, file, replaces } => {
+            JournalOp::WriteFile { path: hex(path.as_bytes()), file: file.into(), replaces: *replaces, old_hash }
+        }
+        Op::SetFileMeta { path, file } => JournalOp::SetFileMeta { path: hex(path.as_bytes()), file: file.into() },
+        Op::Symlink { path, link, replaces } => JournalOp::Symlink {
+            path: hex(path.as_bytes()),
+            target: hex(&link.target),
+            mtime: time(link.mtime),
+            owner: owner(link.owner),
+            replaces: *replaces,
+        },
+        Op::SetDirMeta { path, meta, mode_changed } => {
+            JournalOp::SetDirMeta { path: hex(path.as_bytes()), meta: meta.into(), mode_changed: *mode_changed }
         }
     }
 }
