@@ -145,6 +145,9 @@ impl TreeState {
             if let Err(e) = tree.save_cache(&manifest) {
                 tracing::warn!(tree = %tree.name, "cannot write stat cache {}: {e}", tree.cache_path().display());
             }
+            // Again, now that the sync's and this save's temporary memory is free too:
+            // after a full copy that is more than half the heap.
+            crate::memory::release_freed();
         });
     }
 
