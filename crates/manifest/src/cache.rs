@@ -54,15 +54,57 @@ pub fn save(manifest: &Manifest, root: &Path, cache_path: &Path) -> io::Result<(
     crate::fsutil::write_atomic_with(cache_path, |file| encode_to(manifest, root, file))
 }
 
-/// Loads the stat cache of `root`. `Ok(None)` when there is none yet.
+/// Loads the stat cache of `root`. `Ok(None)` when there is none yet. The file
+/// is read twice through a buffer — once for its checksum, once to decode — and
+/// never held whole: that copy was the peak of a restart (~110 bytes per entry
+/// on top of the manifest).
 pub fn load(cache_path: &Path, root: &Path) -> Result<Option<Manifest>, CacheError> {
-    let bytes = match std::fs::read(cache_path) {
-        Ok(b) => b,
+    let read_error = |source| CacheError::Read { path: cache_path.display().to_string(), source };
+    let invalid = |why| CacheError::Invalid { path: cache_path.display().to_string(), why };
+    let mut file = match std::fs::File::open(cache_path) {
+        Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(CacheError::Read { path: cache_path.display().to_string(), source }),
+        Err(source) => return Err(read_error(source)),
     };
-    decode(&bytes, root).map(Some).map_err(|why| CacheError::Invalid { path: cache_path.display().to_string(), why })
+    let len = file.metadata().map_err(read_error)?.len();
+    if len < (MAGIC.len() + 4 + 32) as u64 {
+        return Err(invalid(format!("truncated: {len} bytes")));
+    }
+    let mut magic = [0u8; MAGIC.len()];
+    io::Read::read_exact(&mut file, &mut magic).map_err(read_error)?;
+    if &magic != MAGIC {
+        return Err(invalid("not a stagingd stat cache (bad magic)".into()));
+    }
+    io::Seek::rewind(&mut file).map_err(read_error)?;
+    let body = len - 32;
+    let mut hasher = blake3::Hasher::new();
+    let mut reader = io::BufReader::with_capacity(READ_CHUNK, io::Read::take(&mut file, body));
+    loop {
+        let chunk = io::BufRead::fill_buf(&mut reader).map_err(read_error)?;
+        if chunk.is_empty() {
+            break;
+        }
+        hasher.update(chunk);
+        let n = chunk.len();
+        io::BufRead::consume(&mut reader, n);
+    }
+    drop(reader);
+    let mut checksum = [0u8; 32];
+    io::Read::read_exact(&mut file, &mut checksum).map_err(read_error)?;
+    if *hasher.finalize().as_bytes() != checksum {
+        return Err(invalid("checksum mismatch: truncated or corrupt".into()));
+    }
+    io::Seek::rewind(&mut file).map_err(read_error)?;
+    let input = StreamInput {
+        reader: io::BufReader::with_capacity(READ_CHUNK, io::Read::take(file, body)),
+        left: body as usize,
+        buffer: Vec::new(),
+    };
+    decode_body(input, root).map(Some).map_err(invalid)
 }
+
+/// Bytes read from a cache file at once.
+const READ_CHUNK: usize = 256 << 10;
 
 /// The cache bytes for `manifest` of `root`.
 pub fn encode(manifest: &Manifest, root: &Path) -> Vec<u8> {
@@ -168,7 +210,15 @@ pub fn decode(bytes: &[u8], root: &Path) -> Result<Manifest, String> {
     if blake3::hash(body).as_bytes() != checksum {
         return Err("checksum mismatch: truncated or corrupt".into());
     }
-    let mut reader = Reader { bytes: body, at: MAGIC.len() };
+    decode_body(SliceInput { bytes: body, at: 0 }, root)
+}
+
+/// Decodes a cache's body (all but the checksum, which the caller checked).
+fn decode_body(input: impl Input, root: &Path) -> Result<Manifest, String> {
+    let mut reader = Reader { input };
+    if reader.take(MAGIC.len())? != MAGIC {
+        return Err("not a stagingd stat cache (bad magic)".into());
+    }
     let version = reader.u32()?;
     if !(OLDEST_VERSION..=VERSION).contains(&version) {
         return Err(format!("format version {version}, this build reads {OLDEST_VERSION} to {VERSION}"));
@@ -177,11 +227,12 @@ pub fn decode(bytes: &[u8], root: &Path) -> Result<Manifest, String> {
     let root_len = reader.u32()? as usize;
     let cached_root = reader.take(root_len)?;
     if cached_root != root.as_os_str().as_bytes() {
-        return Err(format!("made for root {}, not {}", crate::path::escape(cached_root), root.display()));
+        let cached_root = crate::path::escape(cached_root);
+        return Err(format!("made for root {cached_root}, not {}", root.display()));
     }
     let dir = reader.dir(0, 0)?;
-    if reader.at != body.len() {
-        return Err(format!("{} unexpected trailing bytes", body.len() - reader.at));
+    if reader.input.left() != 0 {
+        return Err(format!("{} unexpected trailing bytes", reader.input.left()));
     }
     let manifest = Manifest::new(dir);
     if let Some(claimed) = claimed
@@ -210,18 +261,62 @@ pub fn saved_root(path: &Path) -> io::Result<Option<Hash>> {
     Ok(Some(Hash(header[12..].try_into().expect("32 bytes"))))
 }
 
-struct Reader<'a> {
+/// Where the decoder's bytes come from: a slice, or a file read as it goes.
+trait Input {
+    /// The next `n` bytes, valid until the next call.
+    fn next(&mut self, n: usize) -> Result<&[u8], String>;
+    /// Bytes not read yet.
+    fn left(&self) -> usize;
+}
+
+struct SliceInput<'a> {
     bytes: &'a [u8],
     at: usize,
 }
 
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+impl Input for SliceInput<'_> {
+    fn next(&mut self, n: usize) -> Result<&[u8], String> {
         let end = self.at.checked_add(n).filter(|&end| end <= self.bytes.len());
         let end = end.ok_or_else(|| format!("truncated at byte {}", self.at))?;
         let slice = &self.bytes[self.at..end];
         self.at = end;
         Ok(slice)
+    }
+
+    fn left(&self) -> usize {
+        self.bytes.len() - self.at
+    }
+}
+
+struct StreamInput<R> {
+    reader: R,
+    left: usize,
+    buffer: Vec<u8>,
+}
+
+impl<R: io::Read> Input for StreamInput<R> {
+    fn next(&mut self, n: usize) -> Result<&[u8], String> {
+        if n > self.left {
+            return Err(format!("truncated: {n} bytes wanted, {} left", self.left));
+        }
+        self.buffer.resize(n, 0);
+        self.reader.read_exact(&mut self.buffer).map_err(|e| format!("cannot read: {e}"))?;
+        self.left -= n;
+        Ok(&self.buffer)
+    }
+
+    fn left(&self) -> usize {
+        self.left
+    }
+}
+
+struct Reader<I> {
+    input: I,
+}
+
+impl<I: Input> Reader<I> {
+    fn take(&mut self, n: usize) -> Result<&[u8], String> {
+        self.input.next(n)
     }
 
     fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
@@ -257,14 +352,14 @@ impl<'a> Reader<'a> {
         let count = self.u32()? as usize;
         // Each child takes at least 3 bytes: refuse counts the data cannot hold
         // before allocating for them.
-        if count > (self.bytes.len() - self.at) / 3 {
+        if count > self.input.left() / 3 {
             return Err(format!("child count {count} exceeds the data"));
         }
         let mut children = Vec::with_capacity(count);
         for _ in 0..count {
             let name_len = self.u16()? as usize;
-            let name = self.take(name_len)?;
-            RelPath::check_name(name).map_err(|e| e.to_string())?;
+            let name = crate::name::Name::new(self.take(name_len)?);
+            RelPath::check_name(&name).map_err(|e| e.to_string())?;
             let child_len = if path_len == 0 { name_len } else { path_len + 1 + name_len };
             if child_len > crate::path::MAX_PATH_BYTES {
                 return Err(format!("a path of {child_len} bytes, over the {} allowed", crate::path::MAX_PATH_BYTES));
@@ -295,7 +390,7 @@ impl<'a> Reader<'a> {
             {
                 return Err(format!("a file of {} bytes, over the {} allowed", f.size, crate::path::MAX_FILE_BYTES));
             }
-            children.push(Entry { name: name.into(), node });
+            children.push(Entry { name, node });
         }
         Ok(Dir::new(meta, children))
     }
