@@ -105,7 +105,7 @@ impl Builder<'_> {
                     Node::Dir(self.dir(mode, depth + 1)?.into())
                 }
             };
-            children.push(Entry { name, node });
+            children.push(Entry { name: name.into(), node });
         }
         // Dir::new sorts the children and keeps the last of a repeated name.
         Ok(Dir::new(meta, children))

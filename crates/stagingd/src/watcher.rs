@@ -255,6 +255,10 @@ async fn update(tree: &Arc<TreeState>, paths: BTreeSet<RelPath>, new_dirs: BTree
                     "local change"
                 );
             }
+            // What only the replaced manifest held (the changed directories' old
+            // versions) is free now: give its pages back.
+            drop(base);
+            tokio::task::spawn_blocking(crate::memory::release_freed);
             return;
         }
         // A sync or rescan installed a newer manifest meanwhile: apply the same

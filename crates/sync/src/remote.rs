@@ -127,8 +127,9 @@ pub struct Wanted {
 pub const PLAN_CONCURRENCY: usize = 4;
 /// Directories asked for in one listing request.
 pub const READ_DIRS_BATCH: usize = 512;
-/// A listing that has not arrived after this long ends the plan: a peer that
-/// never finishes answering cannot hold a sync (and its lock) forever.
+/// A listing (or list of changes) that has not arrived after this long ends the
+/// plan: a peer that never finishes answering cannot hold a sync (and its lock)
+/// forever.
 pub const READ_DIR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Builds the manifest of the peer's tree with root `remote_root`, reusing every
@@ -146,7 +147,14 @@ pub async fn plan_target<P: PeerSource>(
         return Ok(local.clone());
     }
     let timer = std::time::Instant::now();
-    if let Some(changes) = peer.read_changes(local.root_hash()).await? {
+    let changes =
+        tokio::time::timeout(READ_DIR_TIMEOUT, peer.read_changes(local.root_hash())).await.map_err(|_| {
+            RemoteError::Unavailable(format!(
+                "no list of changes within {} s: the peer stalled; nothing was applied",
+                READ_DIR_TIMEOUT.as_secs()
+            ))
+        })??;
+    if let Some(changes) = changes {
         let count = changes.changes.len();
         match target_from_changes(local, remote_root, changes, excludes) {
             Ok(target) => {

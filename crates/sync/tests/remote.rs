@@ -36,6 +36,8 @@ struct MemoryPeer {
     fetched: Mutex<Vec<Hash>>,
     /// A listing that never arrives.
     hang_read_dir: bool,
+    /// A list of changes that never arrives.
+    hang_read_changes: bool,
     /// An earlier manifest of this tree, whose changes since it `read_changes` tells.
     earlier: Option<Manifest>,
     /// Rewrites a list of changes before it is sent.
@@ -63,6 +65,7 @@ impl MemoryPeer {
             read_dir_calls: AtomicUsize::new(0),
             fetched: Mutex::new(Vec::new()),
             hang_read_dir: false,
+            hang_read_changes: false,
             earlier: None,
             tamper_changes: Box::new(|_| {}),
             read_changes_calls: AtomicUsize::new(0),
@@ -138,6 +141,9 @@ impl PeerSource for MemoryPeer {
 
     async fn read_changes(&self, since: Hash) -> Result<Option<Changes>, RemoteError> {
         self.read_changes_calls.fetch_add(1, Ordering::Relaxed);
+        if self.hang_read_changes {
+            futures::future::pending::<()>().await;
+        }
         let Some(earlier) = self.earlier.as_ref().filter(|m| m.root_hash() == since) else {
             return Ok(None);
         };
@@ -570,22 +576,26 @@ fn a_peer_symlink_pointing_outside_is_copied_as_a_link_and_never_written_through
 }
 
 #[test]
-fn a_listing_that_never_arrives_ends_the_sync_with_nothing_applied() {
-    let mut peer = MemoryPeer::of(changed_source().path());
-    peer.hang_read_dir = true;
-    let good = source_tree();
-    let receiver = receiver();
-    run(&MemoryPeer::of(good.path()), &receiver, &request());
-    let before = receiver.manifest().root_hash();
-    let local = std::sync::Arc::new(receiver.manifest());
-    // Paused time: the 60 s timeout elapses as soon as nothing else can run.
-    let paused = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
-    let report = paused.block_on(sync_tree(&peer, &receiver.setup(), local, &StatvfsProbe, &request(), &|_: Event| {}));
-    match &report.outcome {
-        Outcome::Failed(message) => assert!(message.contains("stalled"), "{message}"),
-        other => panic!("a stalled peer must fail the sync, got {other:?}"),
+fn a_listing_or_list_of_changes_that_never_arrives_ends_the_sync_with_nothing_applied() {
+    for hang_changes in [false, true] {
+        let mut peer = MemoryPeer::of(changed_source().path());
+        peer.hang_read_dir = !hang_changes;
+        peer.hang_read_changes = hang_changes;
+        let good = source_tree();
+        let receiver = receiver();
+        run(&MemoryPeer::of(good.path()), &receiver, &request());
+        let before = receiver.manifest().root_hash();
+        let local = std::sync::Arc::new(receiver.manifest());
+        // Paused time: the 60 s timeout elapses as soon as nothing else can run.
+        let paused = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+        let report =
+            paused.block_on(sync_tree(&peer, &receiver.setup(), local, &StatvfsProbe, &request(), &|_: Event| {}));
+        match &report.outcome {
+            Outcome::Failed(message) => assert!(message.contains("stalled"), "{message}"),
+            other => panic!("a stalled peer must fail the sync (hanging changes: {hang_changes}), got {other:?}"),
+        }
+        receiver.assert_untouched(before);
     }
-    receiver.assert_untouched(before);
 }
 
 #[test]
