@@ -147,13 +147,7 @@ pub async fn plan_target<P: PeerSource>(
         return Ok(local.clone());
     }
     let timer = std::time::Instant::now();
-    let changes =
-        tokio::time::timeout(READ_DIR_TIMEOUT, peer.read_changes(local.root_hash())).await.map_err(|_| {
-            RemoteError::Unavailable(format!(
-                "no list of changes within {} s: the peer stalled; nothing was applied",
-                READ_DIR_TIMEOUT.as_secs()
-            ))
-        })??;
+    let changes = in_time(|| "list of changes".to_owned(), peer.read_changes(local.root_hash())).await?;
     if let Some(changes) = changes {
         let count = changes.changes.len();
         match target_from_changes(local, remote_root, changes, excludes) {
@@ -197,6 +191,21 @@ pub async fn plan_target<P: PeerSource>(
         "peer tree planned"
     );
     Ok(Manifest::new(Arc::unwrap_or_clone(root)))
+}
+
+/// The peer's `answer`, or [`RemoteError::Unavailable`] naming `what` when it has
+/// not come within [`READ_DIR_TIMEOUT`].
+async fn in_time<T>(
+    what: impl FnOnce() -> String,
+    answer: impl Future<Output = Result<T, RemoteError>>,
+) -> Result<T, RemoteError> {
+    tokio::time::timeout(READ_DIR_TIMEOUT, answer).await.map_err(|_| {
+        RemoteError::Unavailable(format!(
+            "no {} within {} s: the peer stalled; nothing was applied",
+            what(),
+            READ_DIR_TIMEOUT.as_secs()
+        ))
+    })?
 }
 
 /// Our manifest with the peer's changes applied, if that is the peer's tree
@@ -273,13 +282,7 @@ async fn list_new_dirs<P: PeerSource>(
         let answered: Vec<(Vec<Wanted>, Vec<Listing>)> = futures::stream::iter(batches)
             .map(|batch| async move {
                 let listings =
-                    tokio::time::timeout(READ_DIR_TIMEOUT, peer.read_dirs(batch.clone())).await.map_err(|_| {
-                        RemoteError::Unavailable(format!(
-                            "no listing of {} within {} s: the peer stalled; nothing was applied",
-                            batch[0].at.display(),
-                            READ_DIR_TIMEOUT.as_secs()
-                        ))
-                    })??;
+                    in_time(|| format!("listing of {}", batch[0].at.display()), peer.read_dirs(batch.clone())).await?;
                 if listings.len() != batch.len() {
                     return Err(RemoteError::BadListing {
                         path: batch[0].at.display(),

@@ -92,28 +92,28 @@ pub const FLUSH_BYTES: u64 = 256 << 20;
 /// on it.) Only an optimisation: durability comes from [`Staging::finish`].
 #[derive(Debug)]
 struct Flusher {
-    fd: Arc<OwnedFd>,
+    /// The staging directory (any descriptor on the filesystem will do).
+    dir: Arc<OwnedFd>,
     unflushed: AtomicU64,
-    running: Arc<AtomicBool>,
+    running: AtomicBool,
 }
 
 impl Flusher {
-    fn new(dir: &OwnedFd) -> Result<Self, Errno> {
-        let fd = rustix::io::fcntl_dupfd_cloexec(dir, 0)?;
-        Ok(Self { fd: Arc::new(fd), unflushed: AtomicU64::new(0), running: Arc::new(AtomicBool::new(false)) })
+    fn new(dir: Arc<OwnedFd>) -> Self {
+        Self { dir, unflushed: AtomicU64::new(0), running: AtomicBool::new(false) }
     }
 
-    fn staged(&self, bytes: u64) {
+    fn staged(self: &Arc<Self>, bytes: u64) {
         if self.unflushed.fetch_add(bytes, Ordering::Relaxed) + bytes < FLUSH_BYTES
             || self.running.swap(true, Ordering::AcqRel)
         {
             return;
         }
         self.unflushed.store(0, Ordering::Relaxed);
-        let (fd, running) = (Arc::clone(&self.fd), Arc::clone(&self.running));
+        let flusher = Arc::clone(self);
         let spawned = std::thread::Builder::new().name("stage-flush".into()).spawn(move || {
-            let _ = rustix::fs::syncfs(&*fd);
-            running.store(false, Ordering::Release);
+            let _ = rustix::fs::syncfs(&*flusher.dir);
+            flusher.running.store(false, Ordering::Release);
         });
         if spawned.is_err() {
             self.running.store(false, Ordering::Release);
@@ -160,7 +160,7 @@ impl Staging {
         let rel = Self::rel_dir(sync_id);
         let dir = tree.create_dir_all(&rel, 0o700)?;
         spread_subdirectories(&dir);
-        Ok(Self::with_dir(tree, sync_id, rel, dir, preserve_owner, false)?)
+        Ok(Self::with_dir(tree, sync_id, rel, dir, preserve_owner, false))
     }
 
     fn with_dir(
@@ -170,17 +170,17 @@ impl Staging {
         dir: OwnedFd,
         preserve_owner: bool,
         durable: bool,
-    ) -> Result<Self, TreeFsError> {
-        let flusher = Flusher::new(&dir).map_err(|e| io_error("open for flushing", tree.shown(&rel), e))?;
-        Ok(Self {
+    ) -> Self {
+        let dir = Arc::new(dir);
+        Self {
             tree,
             sync_id: sync_id.clone(),
             rel,
-            dir: Arc::new(dir),
+            flusher: Arc::new(Flusher::new(Arc::clone(&dir))),
+            dir,
             preserve_owner,
-            flusher: Arc::new(flusher),
             durable: AtomicBool::new(durable),
-        })
+        }
     }
 
     /// Reopens the staging directory a journal names, for recovery. Everything in
@@ -189,7 +189,7 @@ impl Staging {
         let tree = TreeRoot::open(root)?;
         let rel = Self::rel_dir(sync_id);
         let dir = tree.open_dir(&rel)?;
-        Self::with_dir(tree, sync_id, rel, dir, false, true)
+        Ok(Self::with_dir(tree, sync_id, rel, dir, false, true))
     }
 
     fn rel_dir(sync_id: &SyncId) -> RelPath {
