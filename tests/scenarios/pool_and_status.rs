@@ -84,7 +84,7 @@ fn pooling_to_serve_needs_a_serving_peer_with_the_same_tree() {
 }
 
 fn check(daemon: &Daemon) -> (Option<i32>, String) {
-    let output = daemon.ctl(["status", "--check"]);
+    let output = daemon.check();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert_eq!(stdout.lines().count(), 1, "--check prints one line: {stdout}");
     (output.status.code(), stdout)
@@ -101,6 +101,21 @@ fn status_check_is_ok_warning_critical_or_unknown() {
     let (code, line) = check(&a);
     assert_eq!(code, Some(0), "{line}");
     assert!(line.starts_with("STAGINGD OK - "), "{line}");
+
+    // The free-space limits are the operator's: every real filesystem has
+    // less than 100 % free.
+    let limits = |warning: &str, critical: &str| {
+        let output = a.ctl(["status", "--check", "--free-warning", warning, "--free-critical", critical]);
+        (output.status.code(), String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    let (code, line) = limits("100", "0");
+    assert_eq!(code, Some(1), "{line}");
+    assert!(line.contains("staging: free space") && line.contains("under 100%"), "{line}");
+    let (code, line) = limits("100", "100%");
+    assert_eq!(code, Some(2), "{line}");
+    let (code, line) = limits("5", "10");
+    assert_eq!(code, Some(3), "limits that make no sense are UNKNOWN: {line}");
+    assert!(line.starts_with("STAGINGD UNKNOWN - --free-critical 10 is above --free-warning 5"), "{line}");
 
     // A peer that is not running: WARNING.
     let dead = format!("deploy9999=http://127.0.0.1:{}", free_port());

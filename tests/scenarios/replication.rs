@@ -172,7 +172,7 @@ fn deleting_a_third_of_the_source_stops_replication_instead_of_applying() {
     assert!(error.contains(&format!("plan {plan_id}")), "the stop names the plan: {error}");
     // The receiver is untouched, and monitoring says so loudly.
     assert_same_tree(&before, receiver.path());
-    let check = b.ctl(["status", "--check"]);
+    let check = b.check();
     assert_eq!(check.status.code(), Some(2), "{}", describe(&check));
     let line = String::from_utf8_lossy(&check.stdout);
     assert!(line.contains("CRITICAL") && line.contains("delete-threshold"), "{line}");
@@ -186,7 +186,7 @@ fn deleting_a_third_of_the_source_stops_replication_instead_of_applying() {
     assert!(confirmed.status.success(), "{}", describe(&confirmed));
     assert_rsync_clean(source.path(), receiver.path());
     wait_phase(&b, "following");
-    let check = b.ctl(["status", "--check"]);
+    let check = b.check();
     assert_eq!(check.status.code(), Some(0), "{}", describe(&check));
 
     // It follows the next change again.
@@ -207,7 +207,7 @@ fn the_follower_reconnects_when_the_source_restarts() {
     assert!(a.terminate(Duration::from_secs(10)).success());
     let retrying = wait_phase(&b, "retrying");
     assert!(!retrying["last_error"].as_str().unwrap().is_empty(), "{retrying}");
-    let check = b.ctl(["status", "--check"]);
+    let check = b.check();
     assert_eq!(check.status.code(), Some(1), "retrying is a WARNING: {}", describe(&check));
 
     source.write("wmf-config/CommonSettings.php", "<?php $wgSitename = 'while you were away';\n");
@@ -236,7 +236,7 @@ fn two_nodes_replicating_from_each_other_is_a_loop_and_nothing_is_synced() {
         assert!(error.contains("remove replicate_from"), "the stop says how to fix it: {error}");
         assert_eq!(stopped["stopped_guard"], "replication-loop");
         assert!(daemon.log().contains("REPLICATION STOPPED: replication loop"), "{}", daemon.log());
-        let check = daemon.ctl(["status", "--check"]);
+        let check = daemon.check();
         assert_eq!(check.status.code(), Some(2), "{}", describe(&check));
         let history = daemon.ctl(["history", "--json"]);
         assert_eq!(String::from_utf8_lossy(&history.stdout).trim(), "[]", "nothing synced: {}", describe(&history));

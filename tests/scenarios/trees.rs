@@ -536,7 +536,7 @@ fn status_has_one_entry_per_tree_and_check_names_the_tree_that_differs() {
         let peer_trees = json["peers"][0]["trees"].as_array().unwrap();
         assert_eq!(peer_trees.len(), 3, "{json}");
         assert!(peer_trees.iter().all(|t| t["present"] == true && t["in_sync"] == true), "{json}");
-        let check = daemon.ctl(["status", "--check"]);
+        let check = daemon.check();
         assert_eq!(check.status.code(), Some(0), "{}", describe(&check));
     }
 
@@ -546,7 +546,7 @@ fn status_has_one_entry_per_tree_and_check_names_the_tree_that_differs() {
     for daemon in [&a, &b] {
         let mut last = None;
         wait_until(&format!("{} sees release differ", daemon.name), DEADLINE, || {
-            let check = daemon.ctl(["status", "--check"]);
+            let check = daemon.check();
             let critical = check.status.code() == Some(2);
             last = Some(check);
             critical

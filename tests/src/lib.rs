@@ -120,6 +120,10 @@ pub fn cp_a(from: &Path, to: &Path) {
     assert!(status.success(), "cp -a {} {} failed", from.display(), to.display());
 }
 
+/// `status` flags that turn the free-space and free-inode limits off: the
+/// tests run on whatever disk the machine has.
+const IGNORE_HOST_DISK: [&str; 4] = ["--free-warning", "0", "--free-critical", "0"];
+
 /// A running `stagingd` process with its own temp state dir and admin socket,
 /// listening on a loopback port chosen at run time. Stopped (SIGKILL) on drop.
 #[derive(Debug)]
@@ -277,9 +281,16 @@ impl Daemon {
         run(&mut command)
     }
 
-    /// `status --json` as a value, or `None` when the daemon does not answer yet.
+    /// `status --check` with the free-space and free-inode limits off, so that
+    /// how full the test machine's disk is cannot change the verdict.
+    pub fn check(&self) -> Output {
+        self.ctl(["status", "--check"].into_iter().chain(IGNORE_HOST_DISK))
+    }
+
+    /// `status --json` as a value (free-space limits off, as in [`Daemon::check`]),
+    /// or `None` when the daemon does not answer yet.
     pub fn status_json(&self) -> Option<serde_json::Value> {
-        let output = self.ctl(["status", "--json"]);
+        let output = self.ctl(["status", "--json"].into_iter().chain(IGNORE_HOST_DISK));
         output.status.success().then(|| serde_json::from_slice(&output.stdout).expect("status --json is JSON"))
     }
 

@@ -12,7 +12,8 @@
 //!   `stopped_guard` set): it names the guard. Replication never confirms a
 //!   plan on anyone's behalf, so it stays stopped until an operator acts.
 //! - **CRITICAL** when free bytes or free inodes of a tree's filesystem are
-//!   under 5 % (WARNING under 10 %); skipped when the daemon reports no total.
+//!   under `--free-critical` percent (default 5), WARNING under
+//!   `--free-warning` (default 10); skipped when the daemon reports no total.
 //! - **WARNING** when a configured peer is unreachable.
 //! - **WARNING** when a tree is not usable as a source: `scanning`,
 //!   `incomplete` (unreadable files) or an unreported readiness. `applying` is
@@ -31,10 +32,38 @@ use proto::v1::{NodeStatus, PoolState, Readiness, ReplicationPhase, TreeStatus, 
 use super::report::{hash_short, percent};
 use crate::output::{human_bytes, thousands};
 
-/// Free space or inodes under this percentage of the filesystem is CRITICAL.
+/// Free space or inodes under this percentage of the filesystem is CRITICAL by default.
 pub const CRITICAL_FREE_PERCENT: f64 = 5.0;
-/// Free space or inodes under this percentage of the filesystem is WARNING.
+/// Free space or inodes under this percentage of the filesystem is WARNING by default.
 pub const WARNING_FREE_PERCENT: f64 = 10.0;
+
+/// The free-space and free-inode limits, in percent of the filesystem:
+/// under `critical` is CRITICAL, under `warning` WARNING.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thresholds {
+    pub warning: f64,
+    pub critical: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds { warning: WARNING_FREE_PERCENT, critical: CRITICAL_FREE_PERCENT }
+    }
+}
+
+impl Thresholds {
+    /// The limits, or why they make no sense together: a critical limit above
+    /// the warning one would never warn before it is critical.
+    pub fn new(warning: f64, critical: f64) -> Result<Thresholds, String> {
+        if critical > warning {
+            return Err(format!(
+                "--free-critical {critical} is above --free-warning {warning}; \
+                 give a critical limit at or under the warning one (defaults: {WARNING_FREE_PERCENT} and {CRITICAL_FREE_PERCENT})"
+            ));
+        }
+        Ok(Thresholds { warning, critical })
+    }
+}
 
 /// A monitoring-plugin state, ordered from best to worst.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -81,7 +110,7 @@ struct Problem {
 /// Classifies a status: the worst state any rule gives (see the module docs)
 /// and a one-line summary naming the worst problem first (then the others,
 /// `; `-separated), or a short all-clear.
-pub fn classify(status: &NodeStatus) -> (CheckState, String) {
+pub fn classify(status: &NodeStatus, limits: Thresholds) -> (CheckState, String) {
     let Some(local) = &status.local else {
         return (CheckState::Unknown, "stagingd answered without a node status".to_owned());
     };
@@ -90,7 +119,7 @@ pub fn classify(status: &NodeStatus) -> (CheckState, String) {
 
     for tree in &local.trees {
         check_drift(status, tree, serving, &mut problems);
-        check_capacity(tree, &mut problems);
+        check_capacity(tree, limits, &mut problems);
         check_readiness(tree, &mut problems);
         check_watch(tree, &mut problems);
     }
@@ -143,17 +172,17 @@ fn check_drift(status: &NodeStatus, tree: &TreeStatus, serving: bool, problems: 
     }
 }
 
-fn check_capacity(tree: &TreeStatus, problems: &mut Vec<Problem>) {
+fn check_capacity(tree: &TreeStatus, limits: Thresholds, problems: &mut Vec<Problem>) {
     let measures = [
         ("free space", tree.fs_free_bytes, tree.fs_total_bytes, human_bytes(tree.fs_free_bytes)),
         ("free inodes", tree.fs_free_inodes, tree.fs_total_inodes, thousands(tree.fs_free_inodes)),
     ];
     for (what, free, total, shown) in measures {
         let Some(pct) = percent(free, total) else { continue };
-        let (state, limit) = if pct < CRITICAL_FREE_PERCENT {
-            (CheckState::Critical, CRITICAL_FREE_PERCENT)
-        } else if pct < WARNING_FREE_PERCENT {
-            (CheckState::Warning, WARNING_FREE_PERCENT)
+        let (state, limit) = if pct < limits.critical {
+            (CheckState::Critical, limits.critical)
+        } else if pct < limits.warning {
+            (CheckState::Warning, limits.warning)
         } else {
             continue;
         };
@@ -232,25 +261,25 @@ fn all_clear(status: &NodeStatus) -> String {
 /// Perfdata for every tree: files, bytes, free bytes and free inodes, the free
 /// figures with WARNING/CRITICAL thresholds (`N:` = alert below N) and the
 /// filesystem's total as max.
-pub fn perfdata(status: &NodeStatus) -> String {
+pub fn perfdata(status: &NodeStatus, limits: Thresholds) -> String {
     let Some(local) = &status.local else { return String::new() };
     let mut items = Vec::new();
     for tree in &local.trees {
         let label = perf_label(&tree.name);
         items.push(format!("{label}_files={};;;0", tree.files));
         items.push(format!("{label}_bytes={}B;;;0", tree.bytes));
-        items.push(free_perf(&format!("{label}_free_bytes"), "B", tree.fs_free_bytes, tree.fs_total_bytes));
-        items.push(free_perf(&format!("{label}_free_inodes"), "", tree.fs_free_inodes, tree.fs_total_inodes));
+        items.push(free_perf(&format!("{label}_free_bytes"), "B", tree.fs_free_bytes, tree.fs_total_bytes, limits));
+        items.push(free_perf(&format!("{label}_free_inodes"), "", tree.fs_free_inodes, tree.fs_total_inodes, limits));
     }
     items.join(" ")
 }
 
-fn free_perf(label: &str, unit: &str, free: u64, total: u64) -> String {
+fn free_perf(label: &str, unit: &str, free: u64, total: u64, limits: Thresholds) -> String {
     if total == 0 {
         return format!("{label}={free}{unit};;;0");
     }
     let at = |pct: f64| (total as f64 * pct / 100.0).ceil() as u64;
-    format!("{label}={free}{unit};{}:;{}:;0;{total}", at(WARNING_FREE_PERCENT), at(CRITICAL_FREE_PERCENT))
+    format!("{label}={free}{unit};{}:;{}:;0;{total}", at(limits.warning), at(limits.critical))
 }
 
 /// Perfdata labels may not contain `'`, `=` or spaces; tree names rarely do,
@@ -384,7 +413,7 @@ pub(crate) mod tests {
 
     #[test]
     fn ok_when_serving_masters_agree() {
-        let (state, summary) = classify(&two_serving_masters_in_sync());
+        let (state, summary) = classify(&two_serving_masters_in_sync(), Thresholds::default());
         assert_eq!(state, CheckState::Ok);
         assert_eq!(summary, "deploy1002 serve: staging ready abababababab; 1/1 peers reachable");
     }
@@ -394,7 +423,7 @@ pub(crate) mod tests {
         let ours = vec![tree("staging", 0xab), tree("patches", 0x11)];
         let peers =
             vec![peer("deploy2002", PoolState::Serve, vec![tree("staging", 0xcd), tree("patches", 0x11)], &ours)];
-        let (state, summary) = classify(&node(PoolState::Serve, ours, peers));
+        let (state, summary) = classify(&node(PoolState::Serve, ours, peers), Thresholds::default());
         assert_eq!(state, CheckState::Critical);
         assert_eq!(summary, "staging: root abababababab differs from serving peer deploy2002 (cdcdcdcdcdcd)");
     }
@@ -404,10 +433,13 @@ pub(crate) mod tests {
         // A receive-only peer that differs is catching up, not drifting.
         let ours = vec![tree("staging", 0xab)];
         let peers = vec![peer("deploy2002", PoolState::ReceiveOnly, vec![tree("staging", 0xcd)], &ours)];
-        assert_eq!(classify(&node(PoolState::Serve, ours.clone(), peers.clone())).0, CheckState::Ok);
+        assert_eq!(
+            classify(&node(PoolState::Serve, ours.clone(), peers.clone()), Thresholds::default()).0,
+            CheckState::Ok
+        );
         // And a receive-only node that differs from a serving peer is waiting for a sync.
         let peers = vec![peer("deploy2002", PoolState::Serve, vec![tree("staging", 0xcd)], &ours)];
-        assert_eq!(classify(&node(PoolState::ReceiveOnly, ours, peers)).0, CheckState::Ok);
+        assert_eq!(classify(&node(PoolState::ReceiveOnly, ours, peers), Thresholds::default()).0, CheckState::Ok);
     }
 
     #[test]
@@ -421,7 +453,7 @@ pub(crate) mod tests {
             tree: "staging".into(),
             ..ReplicationState::default()
         });
-        let (state, summary) = classify(&status);
+        let (state, summary) = classify(&status, Thresholds::default());
         assert_eq!(state, CheckState::Critical);
         assert_eq!(
             summary,
@@ -434,7 +466,7 @@ pub(crate) mod tests {
         let mut staging = tree("staging", 0xab);
         staging.fs_free_inodes = 400_000; // 4 %
         staging.fs_free_bytes = 16 * GIB; // 8 %
-        let (state, summary) = classify(&node(PoolState::Serve, vec![staging], Vec::new()));
+        let (state, summary) = classify(&node(PoolState::Serve, vec![staging], Vec::new()), Thresholds::default());
         assert_eq!(state, CheckState::Critical);
         assert_eq!(
             summary,
@@ -446,7 +478,31 @@ pub(crate) mod tests {
     fn critical_under_five_percent_free_bytes() {
         let mut staging = tree("staging", 0xab);
         staging.fs_free_bytes = 2 * GIB; // 1 %
-        assert_eq!(classify(&node(PoolState::Serve, vec![staging], Vec::new())).0, CheckState::Critical);
+        assert_eq!(
+            classify(&node(PoolState::Serve, vec![staging], Vec::new()), Thresholds::default()).0,
+            CheckState::Critical
+        );
+    }
+
+    #[test]
+    fn the_limits_are_the_operators() {
+        // 50 % free (the test tree's filesystem is half full).
+        let status = node(PoolState::Serve, vec![tree("staging", 0xab)], Vec::new());
+        let strict = Thresholds::new(60.0, 20.0).unwrap();
+        let (state, summary) = classify(&status, strict);
+        assert_eq!(state, CheckState::Warning);
+        assert!(summary.contains("free space 100.0 GiB (50.0%), under 60%"), "{summary}");
+        assert_eq!(classify(&status, Thresholds::new(60.0, 55.0).unwrap()).0, CheckState::Critical);
+        // Zero turns the limits off, and the perfdata carries the limits used.
+        let mut full = tree("staging", 0xab);
+        full.fs_free_bytes = 0;
+        let full = node(PoolState::Serve, vec![full], Vec::new());
+        let off = Thresholds::new(0.0, 0.0).unwrap();
+        assert_eq!(classify(&full, off).0, CheckState::Ok);
+        assert!(perfdata(&status, strict).contains("staging_free_inodes=5000000;6000000:;2000000:;0;10000000"));
+        // A critical limit above the warning one is refused, naming both flags.
+        let refused = Thresholds::new(5.0, 10.0).unwrap_err();
+        assert!(refused.contains("--free-critical 10") && refused.contains("--free-warning 5"), "{refused}");
     }
 
     #[test]
@@ -454,14 +510,17 @@ pub(crate) mod tests {
         let mut staging = tree("staging", 0xab);
         staging.fs_total_bytes = 0;
         staging.fs_free_bytes = 0;
-        assert_eq!(classify(&node(PoolState::Serve, vec![staging], Vec::new())).0, CheckState::Ok);
+        assert_eq!(
+            classify(&node(PoolState::Serve, vec![staging], Vec::new()), Thresholds::default()).0,
+            CheckState::Ok
+        );
     }
 
     #[test]
     fn warning_when_a_peer_is_unreachable() {
         let mut status = two_serving_masters_in_sync();
         status.peers.push(unreachable("deploy2003", "connection refused"));
-        let (state, summary) = classify(&status);
+        let (state, summary) = classify(&status, Thresholds::default());
         assert_eq!(state, CheckState::Warning);
         assert_eq!(summary, "peer deploy2003 unreachable: connection refused");
     }
@@ -473,7 +532,8 @@ pub(crate) mod tests {
         let mut incomplete = tree("patches", 0x11);
         incomplete.readiness = Readiness::Incomplete as i32;
         incomplete.unreadable_files = 3;
-        let (state, summary) = classify(&node(PoolState::Serve, vec![incomplete, scanning], Vec::new()));
+        let (state, summary) =
+            classify(&node(PoolState::Serve, vec![incomplete, scanning], Vec::new()), Thresholds::default());
         assert_eq!(state, CheckState::Warning);
         assert_eq!(summary, "patches: incomplete scan, 3 unreadable files; staging: scanning, manifest not ready");
     }
@@ -482,7 +542,10 @@ pub(crate) mod tests {
     fn applying_is_not_a_problem() {
         let mut applying = tree("staging", 0xab);
         applying.readiness = Readiness::Applying as i32;
-        assert_eq!(classify(&node(PoolState::Serve, vec![applying], Vec::new())).0, CheckState::Ok);
+        assert_eq!(
+            classify(&node(PoolState::Serve, vec![applying], Vec::new()), Thresholds::default()).0,
+            CheckState::Ok
+        );
     }
 
     #[test]
@@ -490,17 +553,23 @@ pub(crate) mod tests {
         let mut polling = tree("staging", 0xab);
         polling.watch_state = WatchState::Polling as i32;
         polling.watch_detail = "inotify watch limit reached".into();
-        let (state, summary) = classify(&node(PoolState::Serve, vec![polling], Vec::new()));
+        let (state, summary) = classify(&node(PoolState::Serve, vec![polling], Vec::new()), Thresholds::default());
         assert_eq!(state, CheckState::Warning);
         assert_eq!(summary, "staging: watch degraded to polling (inotify watch limit reached)");
 
         let mut failed = tree("staging", 0xab);
         failed.watch_state = WatchState::Failed as i32;
-        assert_eq!(classify(&node(PoolState::Serve, vec![failed], Vec::new())).0, CheckState::Warning);
+        assert_eq!(
+            classify(&node(PoolState::Serve, vec![failed], Vec::new()), Thresholds::default()).0,
+            CheckState::Warning
+        );
 
         let mut disabled = tree("staging", 0xab);
         disabled.watch_state = WatchState::Disabled as i32;
-        assert_eq!(classify(&node(PoolState::Serve, vec![disabled], Vec::new())).0, CheckState::Ok);
+        assert_eq!(
+            classify(&node(PoolState::Serve, vec![disabled], Vec::new()), Thresholds::default()).0,
+            CheckState::Ok
+        );
     }
 
     #[test]
@@ -512,7 +581,7 @@ pub(crate) mod tests {
             last_error: "deploy2002 unreachable".into(),
             ..ReplicationState::default()
         });
-        let (state, summary) = classify(&status);
+        let (state, summary) = classify(&status, Thresholds::default());
         assert_eq!(state, CheckState::Warning);
         assert_eq!(summary, "replication from deploy2002 retrying: deploy2002 unreachable");
     }
@@ -529,7 +598,7 @@ pub(crate) mod tests {
             ],
         );
         status.local.as_mut().unwrap().trees[0].watch_state = WatchState::Polling as i32;
-        let (state, summary) = classify(&status);
+        let (state, summary) = classify(&status, Thresholds::default());
         assert_eq!(state, CheckState::Critical);
         assert_eq!(
             summary,
@@ -541,15 +610,15 @@ pub(crate) mod tests {
     #[test]
     fn unknown_without_a_node_status() {
         let status = NodeStatus::default();
-        assert_eq!(classify(&status).0, CheckState::Unknown);
+        assert_eq!(classify(&status, Thresholds::default()).0, CheckState::Unknown);
     }
 
     #[test]
     fn plugin_line_with_perfdata() {
         let status = two_serving_masters_in_sync();
-        let (state, summary) = classify(&status);
+        let (state, summary) = classify(&status, Thresholds::default());
         assert_eq!(
-            plugin_line(state, &summary, &perfdata(&status)),
+            plugin_line(state, &summary, &perfdata(&status, Thresholds::default())),
             "STAGINGD OK - deploy1002 serve: staging ready abababababab; 1/1 peers reachable | \
              staging_files=184935;;;0 staging_bytes=8800000000B;;;0 \
              staging_free_bytes=107374182400B;21474836480:;10737418240:;0;214748364800 \

@@ -68,7 +68,7 @@ use proto::v1::{
 };
 use serde::Serialize;
 
-use super::check::classify;
+use super::check::{Thresholds, classify};
 
 /// The version of the document's shape (see the module docs).
 pub const FORMAT: u32 = 1;
@@ -307,9 +307,9 @@ pub struct CheckReport {
 
 impl StatusReport {
     /// Builds the document from the daemon's answer.
-    pub fn from_status(status: &NodeStatus) -> StatusReport {
+    pub fn from_status(status: &NodeStatus, limits: Thresholds) -> StatusReport {
         let local = status.local.clone().unwrap_or_default();
-        let (state, summary) = classify(status);
+        let (state, summary) = classify(status, limits);
         StatusReport {
             format: FORMAT,
             node: NodeReport {
@@ -565,7 +565,7 @@ mod tests {
             since_unix: 1_714_557_540,
         });
 
-        let actual = serde_json::to_value(StatusReport::from_status(&status)).unwrap();
+        let actual = serde_json::to_value(StatusReport::from_status(&status, Thresholds::default())).unwrap();
         let t = |unix: i64, rfc3339: &str| json!({ "unix": unix, "rfc3339": rfc3339 });
         let expected = json!({
             "format": 1,

@@ -10,12 +10,12 @@ use std::fmt::Write as _;
 
 use proto::v1::{NodeStatus, PeerStatus, PeerView, ReplicationPhase, ReplicationState, TreeStatus};
 
-use super::check::classify;
+use super::check::{Thresholds, classify};
 use super::report::{hash_short, in_sync, percent, phase_name, pool_name, readiness_name, time, watch_name};
 use crate::output::{human_bytes, thousands};
 
 /// Renders the whole status as text, ending with a newline.
-pub fn render(status: &NodeStatus) -> String {
+pub fn render(status: &NodeStatus, limits: Thresholds) -> String {
     let local = status.local.clone().unwrap_or_default();
     let now = local.now_unix;
     let mut out = String::new();
@@ -65,7 +65,7 @@ pub fn render(status: &NodeStatus) -> String {
         }
         field(&mut out, "lock", &text);
     }
-    let (state, summary) = classify(status);
+    let (state, summary) = classify(status, limits);
     field(&mut out, "check", &format!("{} - {}", state.label(), summary.replace('\n', " ")));
     out
 }
@@ -311,7 +311,7 @@ replication  following deploy2002; last level 2024-05-01T09:59:48Z (12s ago)
 lock         staging: sync by bob since 2024-05-01T09:59:00Z (60s ago): \"backport\"
 check        CRITICAL - patches: root 111111111111 differs from serving peer deploy2002 (222222222222); patches: watch degraded to polling (inotify watch limit reached); peer deploy2003 unreachable: connection refused
 ";
-        let actual = render(&status);
+        let actual = render(&status, Thresholds::default());
         assert_eq!(actual, expected, "\n--- actual ---\n{actual}");
     }
 
@@ -325,7 +325,7 @@ check        CRITICAL - patches: root 111111111111 differs from serving peer dep
         let mut status = node(PoolState::ReceiveOnly, vec![staging], Vec::new());
         status.pool_who = "default".into();
         status.pool_reason.clear();
-        let text = render(&status);
+        let text = render(&status, Thresholds::default());
         assert!(text.contains("pool         receive-only (default: never set by an operator)\n"), "{text}");
         assert!(text.contains("staging  scanning  -"), "{text}");
         assert!(text.contains("no peers configured\n"), "{text}");
