@@ -12,7 +12,8 @@
 //! 3. The [`Journal`] is written (`write_atomic`). From here recovery rolls forward.
 //! 4. The switch runs the ops in plan order. Files are hard-linked into the
 //!    [`Trash`] before they are replaced or unlinked; new files and symlinks are
-//!    `rename`d from staging over their final names. Every step is idempotent and
+//!    `rename`d from staging over their final names, and a new subtree by one
+//!    `rename` of its top directory ([`crate::layout`]). Every step is idempotent and
 //!    decides from the disk whether it is done (a staged entry that is gone was
 //!    renamed; a path that is gone, or holds another kind, was deleted), so
 //!    [`recover`] replays the whole journal after a crash.
@@ -34,6 +35,7 @@ use rustix::io::Errno;
 
 use crate::history::SyncId;
 use crate::journal::{Journal, JournalError};
+use crate::layout::{Layout, Place, staged_path};
 use crate::stage::{STAGING_DIR, StageError, Staging, entry_name, remove_dir_all};
 use crate::trash::Trash;
 use crate::tree_fs::{
@@ -430,10 +432,32 @@ fn switch(
     let mut trashed = Vec::new();
     let mut newly_trashed = 0;
     let owner_of = |owner: manifest::Owner| journal.preserve_owner.then_some(owner);
+    let layout = Layout::of(journal.ops.iter().map(|(op, _)| op));
     for (index, (op, displaced)) in journal.ops.iter().enumerate() {
         let path = op.path();
-        let fail =
-            |step: usize, source: TreeFsError| ApplyError::Switch { step, op: op.tag(), path: path.clone(), source };
+        match layout.place(index) {
+            Place::Entry => {}
+            // Published with its subtree's top directory.
+            Place::InNewTree => continue,
+            Place::NewTree => {
+                let staged = staged_path(path);
+                let staged_here = lstat_at(staging, &staged)
+                    .map_err(|e| fail_at(steps.done, op, io_error("stat staged directory", tree.shown(path), e)))?;
+                if staged_here.is_none() {
+                    continue; // Already renamed into place.
+                }
+                let (dir, name) = parents.parent(tree, "switch", path).map_err(|e| fail_at(steps.done, op, e))?;
+                steps.next()?;
+                // Never over anything: the preflight saw the name free, and a
+                // directory renamed over an empty one would replace it silently.
+                rustix::fs::renameat_with(staging, staged.as_slice(), dir, name, rustix::fs::RenameFlags::NOREPLACE)
+                    .map_err(|e| {
+                        fail_at(steps.done, op, io_error("rename new directory into place", tree.shown(path), e))
+                    })?;
+                continue;
+            }
+        }
+        let fail = |step: usize, source: TreeFsError| fail_at(step, op, source);
         let shown = || tree.shown(path);
         if let Some(hash) = displaced {
             trashed.push(*hash);
@@ -557,6 +581,10 @@ fn switch(
     trashed.sort();
     trashed.dedup();
     Ok(Switched { trashed, newly_trashed })
+}
+
+fn fail_at(step: usize, op: &Op, source: TreeFsError) -> ApplyError {
+    ApplyError::Switch { step, op: op.tag(), path: op.path().clone(), source }
 }
 
 // ---- verify ------------------------------------------------------------------

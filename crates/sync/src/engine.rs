@@ -312,7 +312,8 @@ async fn apply_plan<P: PeerSource>(
     let staged = {
         let (setup, plan, local, sync_id) = (setup.clone(), Arc::clone(&plan), Arc::clone(&local), sync_id.clone());
         blocking(move || -> Result<(Staging, Vec<usize>), String> {
-            let staging = Staging::create(&setup.root, &sync_id, setup.preserve_owner).map_err(|e| e.to_string())?;
+            let staging =
+                Staging::create(&setup.root, &sync_id, setup.preserve_owner, &plan.ops).map_err(|e| e.to_string())?;
             let trash = Trash::open(&setup.root).map_err(|e| e.to_string())?;
             let missing = stage_from_local(&staging, &plan, &local, &trash).map_err(|e| e.to_string());
             match missing {

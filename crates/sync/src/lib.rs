@@ -6,6 +6,7 @@
 //!
 //! - [`tree_fs`]: [`TreeRoot`], reaching paths under a root without following symlinks.
 //! - [`stage`]: [`Staging`], content written and verified under temporary names.
+//! - [`layout`]: which ops are staged one by one and which as whole new subtrees.
 //! - [`trash`]: [`Trash`], content-addressed hard links to every replaced or deleted file.
 //! - [`journal`]: the record that makes a switch survive a crash.
 //! - [`apply`]: [`apply()`](apply::apply) the journaled switch, [`recover`] after a crash.
@@ -23,6 +24,7 @@ pub mod engine;
 pub mod guards;
 pub mod history;
 pub mod journal;
+pub mod layout;
 pub mod lock;
 pub mod remote;
 pub mod stage;

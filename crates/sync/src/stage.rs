@@ -2,9 +2,11 @@
 //! temporary name before anything in the tree changes.
 //!
 //! [`Staging`] owns `<root>/.stagingd/staging/<sync-id>/`, on the tree's
-//! filesystem so the switch is a `rename`. There is one entry per `WriteFile` or
-//! `Symlink` op, named by the op's index in the plan, in subdirectories of
-//! [`ENTRIES_PER_DIR`] entries ([`entry_name`]). A file is streamed into its
+//! filesystem so the switch is a `rename`. The plan's [`Layout`] says where each
+//! op goes: a `WriteFile` or `Symlink` op has an entry named by its index in the
+//! plan, in subdirectories of [`ENTRIES_PER_DIR`] entries ([`entry_name`]); a
+//! subtree the plan creates is built whole under `tree/` at its own paths
+//! ([`crate::layout::staged_path`]), its directories made when staging starts. A file is streamed into its
 //! entry while BLAKE3 hashes it; a wrong size or hash removes the entry and fails
 //! with [`StageError::HashMismatch`] / [`StageError::ShortContent`] /
 //! [`StageError::TooLong`]. The final mode, mtime (and owner when asked) are set
@@ -26,6 +28,7 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::history::SyncId;
+use crate::layout::{Layout, Place, TREE_DIR, staged_path};
 use crate::trash::Trash;
 use crate::tree_fs::{TreeFsError, TreeRoot, io_error, mtime_only, set_inode_meta};
 
@@ -51,7 +54,9 @@ pub enum StageError {
         #[source]
         source: io::Error,
     },
-    #[error("op {index} ({path}) has no staged content; every WriteFile and Symlink op must be staged")]
+    #[error(
+        "op {index} ({path}) has nothing staged; every WriteFile and Symlink op, and every directory of a new subtree, must be"
+    )]
     NotStaged { index: usize, path: RelPath },
     #[error(transparent)]
     Fs(#[from] TreeFsError),
@@ -65,6 +70,7 @@ pub struct Staging {
     rel: RelPath,
     dir: Arc<OwnedFd>,
     preserve_owner: bool,
+    layout: Layout,
     flusher: Arc<Flusher>,
     /// Set by [`Staging::finish`], cleared by any later write (staging may run on several threads).
     durable: AtomicBool,
@@ -152,15 +158,86 @@ fn in_entry_dir<T>(dir: &OwnedFd, index: usize, create: impl Fn() -> Result<T, E
 }
 
 impl Staging {
-    /// Creates (or reopens) `<root>/.stagingd/staging/<sync_id>/`.
+    /// Creates (or reopens) `<root>/.stagingd/staging/<sync_id>/` for the plan
+    /// with these `ops`, with the directories of the subtrees it creates.
     /// `preserve_owner`: set each staged inode's owner and group from the plan
     /// (only possible as root).
-    pub fn create(root: &Path, sync_id: &SyncId, preserve_owner: bool) -> Result<Self, StageError> {
+    pub fn create(root: &Path, sync_id: &SyncId, preserve_owner: bool, ops: &[Op]) -> Result<Self, StageError> {
         let tree = TreeRoot::open(root)?;
         let rel = Self::rel_dir(sync_id);
         let dir = tree.create_dir_all(&rel, 0o700)?;
         spread_subdirectories(&dir);
-        Ok(Self::with_dir(tree, sync_id, rel, dir, preserve_owner, false))
+        let mut staging = Self::with_dir(tree, sync_id, rel, dir, preserve_owner, false);
+        staging.layout = Layout::of(ops.iter());
+        staging.make_new_dirs(ops)?;
+        Ok(staging)
+    }
+
+    /// Makes every directory of the plan's new subtrees in `tree/`, parents first
+    /// (0700: their modes and mtimes are set in the tree once they are full), and
+    /// the directories above each subtree's top. Owners are set here: nothing
+    /// else in a sync touches these directories before the switch.
+    fn make_new_dirs(&self, ops: &[Op]) -> Result<(), StageError> {
+        let mkdir = |name: &[u8]| match rustix::fs::mkdirat(&*self.dir, name, Mode::from_raw_mode(0o700)) {
+            Ok(()) | Err(Errno::EXIST) => Ok(()),
+            Err(e) => Err(io_error("create staged directory", self.shown(name), e)),
+        };
+        let mut made_tree_dir = false;
+        for (index, op) in ops.iter().enumerate() {
+            let (Op::MkDir { path, meta }, place) = (op, self.layout.place(index)) else { continue };
+            if place == Place::NewTree {
+                if !made_tree_dir {
+                    mkdir(TREE_DIR.as_bytes())?;
+                    made_tree_dir = true;
+                }
+                // The directories above it: `tree/<parent>` one component at a time.
+                let mut above = TREE_DIR.as_bytes().to_vec();
+                for name in path.parent().iter().flat_map(RelPath::components) {
+                    above.push(b'/');
+                    above.extend_from_slice(name);
+                    mkdir(&above)?;
+                }
+            }
+            if place == Place::Entry {
+                continue;
+            }
+            let name = staged_path(path);
+            mkdir(&name)?;
+            if let Some(owner) = self.owner(meta.owner) {
+                rustix::fs::chownat(
+                    &*self.dir,
+                    name.as_slice(),
+                    Some(rustix::fs::Uid::from_raw(owner.uid)),
+                    Some(rustix::fs::Gid::from_raw(owner.gid)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| io_error("set owner of staged directory", self.shown(&name), e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The host path of `name` in the staging directory, for messages.
+    fn shown(&self, name: &[u8]) -> String {
+        format!("{}/{}", self.path().display(), manifest::path::escape(name))
+    }
+
+    /// Where op `index` (at `path`) is staged, relative to the staging directory.
+    fn staged_name(&self, index: usize, path: &RelPath) -> Vec<u8> {
+        match self.layout.place(index) {
+            Place::Entry => entry_name(index).into_bytes(),
+            Place::NewTree | Place::InNewTree => staged_path(path),
+        }
+    }
+
+    /// Runs `create` (which makes op `index`'s staged entry), making the entry's
+    /// subdirectory first if `create` finds it missing. A new subtree's
+    /// directories were all made by [`Staging::create`].
+    fn creating<T>(&self, index: usize, create: impl Fn() -> Result<T, Errno>) -> Result<T, Errno> {
+        match self.layout.place(index) {
+            Place::Entry => in_entry_dir(&self.dir, index, create),
+            Place::NewTree | Place::InNewTree => create(),
+        }
     }
 
     fn with_dir(
@@ -179,6 +256,7 @@ impl Staging {
             flusher: Arc::new(Flusher::new(Arc::clone(&dir))),
             dir,
             preserve_owner,
+            layout: Layout::default(),
             durable: AtomicBool::new(durable),
         }
     }
@@ -221,18 +299,19 @@ impl Staging {
     /// Opens op `index`'s entry for content that arrives in chunks.
     pub fn writer(&self, index: usize, path: &RelPath, file: &FileMeta) -> Result<StagedWriter, StageError> {
         self.durable.store(false, Ordering::SeqCst);
-        let name = entry_name(index);
-        let shown = format!("{}/{}", self.path().display(), name);
+        let name = self.staged_name(index, path);
+        let shown = self.shown(&name);
         let dir = Arc::clone(&self.dir);
-        let fd = in_entry_dir(&dir, index, || {
-            rustix::fs::openat(
-                &dir,
-                name.as_str(),
-                OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::from_raw_mode(0o600),
-            )
-        })
-        .map_err(|e| io_error("create staged file", shown.clone(), e))?;
+        let fd = self
+            .creating(index, || {
+                rustix::fs::openat(
+                    &dir,
+                    name.as_slice(),
+                    OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+            })
+            .map_err(|e| io_error("create staged file", shown.clone(), e))?;
         Ok(StagedWriter {
             dir,
             flusher: Arc::clone(&self.flusher),
@@ -316,26 +395,26 @@ impl Staging {
     /// Creates op `index`'s entry as a symlink to `link.target`, with its mtime (and owner).
     pub fn stage_symlink(&self, index: usize, path: &RelPath, link: &SymlinkMeta) -> Result<(), StageError> {
         self.durable.store(false, Ordering::SeqCst);
-        let name = entry_name(index);
-        let shown = format!("{}/{}", self.path().display(), name);
-        match rustix::fs::unlinkat(&self.dir, name.as_str(), AtFlags::empty()) {
+        let name = self.staged_name(index, path);
+        let shown = self.shown(&name);
+        match rustix::fs::unlinkat(&self.dir, name.as_slice(), AtFlags::empty()) {
             Ok(()) | Err(Errno::NOENT) => {}
             Err(e) => return Err(io_error("stage symlink", shown, e).into()),
         }
         let target = std::ffi::OsStr::from_bytes(&link.target);
-        in_entry_dir(&self.dir, index, || rustix::fs::symlinkat(target, &self.dir, name.as_str()))
+        self.creating(index, || rustix::fs::symlinkat(target, &self.dir, name.as_slice()))
             .map_err(|e| io_error("stage symlink", format!("{shown} (for {path})"), e))?;
         if let Some(owner) = self.owner(link.owner) {
             rustix::fs::chownat(
                 &self.dir,
-                name.as_str(),
+                name.as_slice(),
                 Some(rustix::fs::Uid::from_raw(owner.uid)),
                 Some(rustix::fs::Gid::from_raw(owner.gid)),
                 AtFlags::SYMLINK_NOFOLLOW,
             )
             .map_err(|e| io_error("set owner of staged symlink", shown.clone(), e))?;
         }
-        rustix::fs::utimensat(&self.dir, name.as_str(), &mtime_only(link.mtime), AtFlags::SYMLINK_NOFOLLOW)
+        rustix::fs::utimensat(&self.dir, name.as_slice(), &mtime_only(link.mtime), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| io_error("set mtime of staged symlink", shown, e))?;
         Ok(())
     }
@@ -347,20 +426,24 @@ impl Staging {
         Ok(())
     }
 
-    /// Checks that every `WriteFile` and `Symlink` op of `plan` has a staged entry
-    /// of the right kind (and size), before the journal commits to them.
+    /// Checks that every `WriteFile` and `Symlink` op of `plan`, and every directory
+    /// of a new subtree, has a staged entry of the right kind (and size), before
+    /// the journal commits to them.
     pub fn check_complete(&self, plan: &Plan) -> Result<(), StageError> {
+        use crate::tree_fs::EntryKind;
         for (index, op) in plan.ops.iter().enumerate() {
             let expected = match op {
-                Op::WriteFile { file, .. } => Some((crate::tree_fs::EntryKind::File, file.size)),
-                Op::Symlink { .. } => Some((crate::tree_fs::EntryKind::Symlink, 0)),
+                Op::WriteFile { file, .. } => Some((EntryKind::File, file.size)),
+                Op::Symlink { .. } => Some((EntryKind::Symlink, 0)),
+                Op::MkDir { .. } if self.layout.place(index) != Place::Entry => Some((EntryKind::Dir, 0)),
                 _ => None,
             };
             let Some((kind, size)) = expected else { continue };
-            let found = crate::tree_fs::lstat_at(&self.dir, entry_name(index).as_bytes())
-                .map_err(|e| io_error("check staged entry", self.path().display().to_string(), e))?;
+            let name = self.staged_name(index, op.path());
+            let found = crate::tree_fs::lstat_at(&self.dir, &name)
+                .map_err(|e| io_error("check staged entry", self.shown(&name), e))?;
             match found {
-                Some(st) if st.kind == kind && (kind != crate::tree_fs::EntryKind::File || st.size == size) => {}
+                Some(st) if st.kind == kind && (kind != EntryKind::File || st.size == size) => {}
                 _ => return Err(StageError::NotStaged { index, path: op.path().clone() }),
             }
         }
@@ -399,7 +482,7 @@ pub enum LocalSource {
 pub struct StagedWriter {
     dir: Arc<OwnedFd>,
     flusher: Arc<Flusher>,
-    name: String,
+    name: Vec<u8>,
     shown: String,
     file: Option<std::fs::File>,
     hasher: blake3::Hasher,
@@ -452,7 +535,7 @@ impl StagedWriter {
 impl Drop for StagedWriter {
     fn drop(&mut self) {
         if !self.name.is_empty() {
-            let _ = rustix::fs::unlinkat(&self.dir, self.name.as_str(), AtFlags::empty());
+            let _ = rustix::fs::unlinkat(&self.dir, self.name.as_slice(), AtFlags::empty());
         }
     }
 }

@@ -139,7 +139,7 @@ impl Fixture {
         let old = scan(&self.root);
         let target = scan(&self.src);
         let plan = diff(&old, &target);
-        let staging = Staging::create(&self.root, &SyncId::generate(1, plan.id), false).unwrap();
+        let staging = Staging::create(&self.root, &SyncId::generate(1, plan.id), false, &plan.ops).unwrap();
         stage_from_dir(&staging, &plan, &self.src);
         staging.finish().unwrap();
         (old, plan, staging)
@@ -209,6 +209,44 @@ fn apply_makes_the_tree_equal_to_the_target_and_keeps_what_it_replaced() {
 }
 
 #[test]
+fn a_new_subtree_is_built_in_staging_and_switched_by_renaming_its_top_directory() {
+    // A release branch appears: 300 files in nested new directories.
+    let files: Files = (0..300)
+        .map(|i| (format!("php-1.45/d{}/sub/f{i}.php", i % 5).into_bytes(), format!("<?php // {i}").into_bytes()))
+        .collect();
+    let dirs: &[&'static [u8]] = &[
+        b"php-1.45",
+        b"php-1.45/d0",
+        b"php-1.45/d1",
+        b"php-1.45/d2",
+        b"php-1.45/d3",
+        b"php-1.45/d4",
+        b"php-1.45/d0/sub",
+        b"php-1.45/d1/sub",
+        b"php-1.45/d2/sub",
+        b"php-1.45/d3/sub",
+        b"php-1.45/d4/sub",
+    ];
+    let mut new = to_entries(&files, dirs);
+    new.push(E::File(b"README", b"kept", 0o644, 1_000));
+    new.push(E::Link(b"php-1.45/d0/current", b"sub"));
+    let f = Fixture::new(&[E::File(b"README", b"kept", 0o644, 1_000)], &new);
+    let (old, plan, staging) = f.stage();
+
+    // Staged at their own paths, and nothing of it in the tree yet.
+    assert!(staging.path().join("tree/php-1.45/d3/sub/f3.php").is_file());
+    assert!(staging.path().join("tree/php-1.45/d0/current").is_symlink());
+    assert!(!f.root.join("php-1.45").exists());
+    let applied = apply(&f.root, &f.state, &old, &plan, &staging, &ApplyOptions::default()).unwrap();
+    assert_eq!(scan(&f.root).root_hash(), scan(&f.src).root_hash());
+    assert!(f.staging_is_empty());
+    // One rename publishes 312 entries; the rest of the switch is the 12 directories'
+    // modes and mtimes (and the root's), the journal, the syncfs and the cleanup.
+    assert!(plan.ops.len() > 320, "{}", plan.ops.len());
+    assert!(applied.steps <= 20, "the switch took {} steps", applied.steps);
+}
+
+#[test]
 fn crash_at_every_step_is_rolled_forward_or_leaves_the_old_tree() {
     let total = Fixture::standard().apply_with(None).unwrap().steps;
     assert!(total > 20, "the standard plan has many steps ({total})");
@@ -269,7 +307,7 @@ fn staging_that_was_not_made_durable_is_never_applied() {
     let f = Fixture::standard();
     let old = scan(&f.root);
     let plan = diff(&old, &scan(&f.src));
-    let staging = Staging::create(&f.root, &SyncId::generate(1, plan.id), false).unwrap();
+    let staging = Staging::create(&f.root, &SyncId::generate(1, plan.id), false, &plan.ops).unwrap();
     stage_from_dir(&staging, &plan, &f.src);
     let error = apply(&f.root, &f.state, &old, &plan, &staging, &ApplyOptions::default()).unwrap_err();
     assert!(matches!(error, ApplyError::NotDurable(_)), "{error}");
@@ -281,7 +319,7 @@ fn incomplete_staging_is_refused_before_the_journal() {
     let f = Fixture::standard();
     let old = scan(&f.root);
     let plan = diff(&old, &scan(&f.src));
-    let staging = Staging::create(&f.root, &SyncId::generate(1, plan.id), false).unwrap();
+    let staging = Staging::create(&f.root, &SyncId::generate(1, plan.id), false, &plan.ops).unwrap();
     staging.finish().unwrap();
     let error = apply(&f.root, &f.state, &old, &plan, &staging, &ApplyOptions::default()).unwrap_err();
     assert!(matches!(error, ApplyError::Stage(StageError::NotStaged { .. })), "{error}");
@@ -486,7 +524,7 @@ fn recorded_sync(root: &Path, state: &Path, current: &Manifest, target_src: &Pat
     let id = SyncId::generate(n, plan.id);
     let history = History::open(state);
     history.save_before(&id, current, root, None).unwrap();
-    let staging = Staging::create(root, &id, false).unwrap();
+    let staging = Staging::create(root, &id, false, &plan.ops).unwrap();
     stage_from_dir(&staging, &plan, target_src);
     staging.finish().unwrap();
     let applied = apply(root, state, current, &plan, &staging, &ApplyOptions::default()).unwrap();
@@ -501,7 +539,7 @@ fn recorded_rollback(root: &Path, state: &Path, current: &Manifest, to: &Rollbac
     let plan = diff(current, &target.manifest);
     let id = SyncId::generate(n, plan.id);
     history.save_before(&id, current, root, None).unwrap();
-    let staging = Staging::create(root, &id, false).unwrap();
+    let staging = Staging::create(root, &id, false, &plan.ops).unwrap();
     let missing = stage_from_local(&staging, &plan, current, &Trash::open(root).unwrap()).unwrap();
     assert!(missing.is_empty(), "all rollback content is local: {missing:?}");
     staging.finish().unwrap();
@@ -566,7 +604,7 @@ fn meta_of(content: &[u8]) -> manifest::FileMeta {
 #[test]
 fn content_that_does_not_match_its_hash_is_never_staged() {
     let f = Fixture::standard();
-    let staging = Staging::create(&f.root, &SyncId::new("s1-x".into()).unwrap(), false).unwrap();
+    let staging = Staging::create(&f.root, &SyncId::new("s1-x".into()).unwrap(), false, &[]).unwrap();
     let path = rel(b"x.php");
     let meta = meta_of(b"the real content");
 
@@ -603,7 +641,7 @@ fn content_that_does_not_match_its_hash_is_never_staged() {
 #[test]
 fn local_copy_that_changed_since_it_was_hashed_is_rejected() {
     let f = Fixture::standard();
-    let staging = Staging::create(&f.root, &SyncId::new("s1-x".into()).unwrap(), false).unwrap();
+    let staging = Staging::create(&f.root, &SyncId::new("s1-x".into()).unwrap(), false, &[]).unwrap();
     let meta = meta_of(b"unchanged");
     staging.stage_local_copy(0, &rel(b"copy"), &meta, &LocalSource::Tree(rel(b"keep.txt"))).unwrap();
     fs::write(f.root.join("keep.txt"), b"changed!!").unwrap();
@@ -625,7 +663,7 @@ fn owners_are_reproduced_when_running_as_root() {
     std::os::unix::fs::lchown(f.src.join("link_change"), Some(1234), Some(5678)).unwrap();
     let target = scan(&f.src);
     let plan = diff(&old, &target);
-    let staging = Staging::create(&f.root, &SyncId::generate(1, plan.id), true).unwrap();
+    let staging = Staging::create(&f.root, &SyncId::generate(1, plan.id), true, &plan.ops).unwrap();
     stage_from_dir(&staging, &plan, &f.src);
     staging.finish().unwrap();
     let options = ApplyOptions { preserve_owner: true, step_hook: None };
