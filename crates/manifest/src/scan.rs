@@ -421,19 +421,13 @@ impl Walker<'_> {
     }
 
     fn scan_file(&self, abs: &Path, metadata: &Metadata, previous: Option<&Node>) -> Result<FileMeta, HashFileError> {
-        if let Some(Node::File(old)) = previous {
-            let key = stat_key(metadata, self.options.settle);
-            if old.stat.settled
-                && old.size == metadata.len()
-                && old.mtime == mtime(metadata)
-                && old.stat.ctime == key.ctime
-                && old.stat.ino == key.ino
-            {
-                self.files_reused.fetch_add(1, Ordering::Relaxed);
-                let mut reused = file_meta(metadata, old.hash, self.options.settle);
-                reused.stat.settled = true;
-                return Ok(reused);
-            }
+        if let Some(Node::File(old)) = previous
+            && unchanged_since_hashed(old, metadata)
+        {
+            self.files_reused.fetch_add(1, Ordering::Relaxed);
+            let mut reused = file_meta(metadata, old.hash, self.options.settle);
+            reused.stat.settled = true;
+            return Ok(reused);
         }
         let meta = hash_file(abs, self.options.settle)?;
         self.files_hashed.fetch_add(1, Ordering::Relaxed);
@@ -471,6 +465,18 @@ pub(crate) fn owner(metadata: &Metadata) -> Owner {
 
 pub(crate) fn dir_meta(metadata: &Metadata) -> DirMeta {
     DirMeta { mode: metadata.mode() & 0o7777, mtime: mtime(metadata), owner: owner(metadata) }
+}
+
+/// The stat cache's rule: a file whose entry had settled when it was hashed, and
+/// whose size, mtime, ctime and inode are still the entry's, still has the
+/// entry's content. (Any write moves the ctime, which no one can set back.) Both
+/// rescans and the content a daemon serves rely on it.
+pub fn unchanged_since_hashed(entry: &FileMeta, metadata: &Metadata) -> bool {
+    entry.stat.settled
+        && entry.size == metadata.len()
+        && entry.mtime == mtime(metadata)
+        && entry.stat.ctime == Timestamp::new(metadata.ctime(), metadata.ctime_nsec() as u32)
+        && entry.stat.ino == metadata.ino()
 }
 
 fn stat_key(metadata: &Metadata, settle: Duration) -> StatKey {

@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use manifest::{Hash, Manifest, Node, RelPath};
+use manifest::{FileMeta, Hash, Manifest, Node, RelPath};
 use proto::v1 as pb;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, WatchStream};
@@ -234,23 +234,48 @@ fn find_dir<'m>(
     }
 }
 
+/// Where a wanted blob is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Located {
+    path: RelPath,
+    /// The manifest's entry at `path`, when the lookup had it at hand: while the
+    /// file's stat still matches it, the content is the entry's and is sent
+    /// without being hashed again.
+    entry: Option<FileMeta>,
+}
+
 /// A path of `manifest` holding each wanted hash: the client's hint where the
 /// manifest confirms it (a lookup by path), a search of the whole manifest for
 /// the rest (at most one walk per request, none when every hint holds).
-fn locate(manifest: &Manifest, wanted: &[Hash], hints: &[Vec<u8>]) -> HashMap<Hash, RelPath> {
+fn locate(manifest: &Manifest, wanted: &[Hash], hints: &[Vec<u8>]) -> HashMap<Hash, Located> {
     let mut paths = HashMap::with_capacity(wanted.len());
     for (hash, hint) in wanted.iter().zip(hints) {
         if let Ok(path) = RelPath::new(hint.as_slice())
-            && matches!(manifest.get(&path), Some(Node::File(f)) if f.hash == *hash)
+            && let Some(Node::File(entry)) = manifest.get(&path)
+            && entry.hash == *hash
         {
-            paths.insert(*hash, path);
+            let entry = Some(entry.clone());
+            paths.insert(*hash, Located { path, entry });
         }
     }
     let rest: manifest::hash::HashSet = wanted.iter().filter(|h| !paths.contains_key(*h)).copied().collect();
     if !rest.is_empty() {
-        paths.extend(manifest.paths_of_contents(&rest));
+        paths.extend(
+            manifest.paths_of_contents(&rest).into_iter().map(|(hash, path)| (hash, Located { path, entry: None })),
+        );
     }
     paths
+}
+
+/// True when `file` (open, with `before` its stat when it was opened) still
+/// holds `entry`'s content by the stat cache's rule, checked again after the
+/// read so that a write during it is seen. The receiver hashes everything it
+/// gets; this only spares the source a second hash of what it hashed at its scan.
+fn still_as_hashed(entry: Option<&FileMeta>, before: &std::fs::Metadata, file: &std::fs::File) -> bool {
+    entry.is_some_and(|entry| {
+        manifest::scan::unchanged_since_hashed(entry, before)
+            && file.metadata().is_ok_and(|after| manifest::scan::unchanged_since_hashed(entry, &after))
+    })
 }
 
 /// Reads each wanted blob and sends it in order, packing small blobs together and
@@ -260,7 +285,7 @@ fn locate(manifest: &Manifest, wanted: &[Hash], hints: &[Vec<u8>]) -> HashMap<Ha
 fn send_content(
     root: &std::path::Path,
     wanted: &[Hash],
-    paths: &HashMap<Hash, RelPath>,
+    paths: &HashMap<Hash, Located>,
     tx: &mpsc::Sender<Result<pb::ContentChunk, Status>>,
     shutdown: &tokio_util::sync::CancellationToken,
 ) {
@@ -283,7 +308,7 @@ fn send_content(
             continue;
         }
         let missing = pb::Blob { hash: hash.as_bytes().to_vec(), eof: true, missing: true, ..pb::Blob::default() };
-        let Some(path) = paths.get(&hash) else {
+        let Some(Located { path, entry }) = paths.get(&hash) else {
             message.blobs.push(missing);
             continue;
         };
@@ -295,13 +320,18 @@ fn send_content(
             message.blobs.push(missing);
             continue;
         };
-        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let Ok(before) = file.metadata() else {
+            message.blobs.push(missing);
+            continue;
+        };
+        let size = before.len();
         let mut hasher = blake3::Hasher::new();
         let mut offset = 0u64;
         if size as usize <= CHUNK_BYTES {
             // Small: read whole, verify, then pack.
             let mut data = Vec::with_capacity(size as usize);
-            if file.read_to_end(&mut data).is_err() || Hash::from(blake3::hash(&data)) != hash {
+            let read = file.read_to_end(&mut data).is_ok();
+            if !read || !(still_as_hashed(entry.as_ref(), &before, &file) || Hash::from(blake3::hash(&data)) == hash) {
                 message.blobs.push(missing);
                 continue;
             }
@@ -320,33 +350,38 @@ fn send_content(
             });
             continue;
         }
-        // Big: stream in chunks, each in a message of its own.
+        // Big: stream in chunks, each in a message of its own, each read into a
+        // buffer of its own that the message then owns.
         if !flush(&mut message, &mut message_bytes) {
             return;
         }
-        let mut buffer = vec![0u8; CHUNK_BYTES];
+        let trusted = entry.as_ref().is_some_and(|entry| manifest::scan::unchanged_since_hashed(entry, &before));
         loop {
-            let n = match read_full(&mut file, &mut buffer) {
+            let mut data = vec![0u8; CHUNK_BYTES];
+            let n = match read_full(&mut file, &mut data) {
                 Ok(n) => n,
                 Err(e) => {
                     let _ = tx.blocking_send(Err(Status::aborted(format!("reading {path}: {e}"))));
                     return;
                 }
             };
-            hasher.update(&buffer[..n]);
-            let eof = n < buffer.len() || offset + n as u64 >= size;
-            if eof && Hash::from(hasher.finalize()) != hash {
+            data.truncate(n);
+            if !trusted {
+                hasher.update(&data);
+            }
+            let eof = n < CHUNK_BYTES || offset + n as u64 >= size;
+            let intact = || {
+                if trusted {
+                    still_as_hashed(entry.as_ref(), &before, &file)
+                } else {
+                    Hash::from(hasher.finalize()) == hash
+                }
+            };
+            if eof && !intact() {
                 let _ = tx.blocking_send(Err(Status::aborted(format!("{path} changed while it was being sent"))));
                 return;
             }
-            let blob = pb::Blob {
-                hash: hash.as_bytes().to_vec(),
-                offset,
-                data: buffer[..n].to_vec(),
-                eof,
-                total_size: size,
-                missing: false,
-            };
+            let blob = pb::Blob { hash: hash.as_bytes().to_vec(), offset, data, eof, total_size: size, missing: false };
             offset += n as u64;
             if tx.blocking_send(Ok(pb::ContentChunk { blobs: vec![blob] })).is_err() {
                 return;
@@ -402,15 +437,67 @@ mod tests {
         // A confirmed hint wins over the first path a search would find.
         let hints = [b"a/one-again".to_vec(), b"two".to_vec(), b"nowhere".to_vec()];
         let found = locate(&manifest, &wanted, &hints);
-        assert_eq!(found.get(&one), Some(&rel("a/one-again")));
-        assert_eq!(found.get(&two), Some(&rel("two")));
-        assert_eq!(found.get(&three), None, "content the tree does not have is not located");
+        let path_of = |found: &HashMap<Hash, Located>, hash| found.get(&hash).map(|l| l.path.clone());
+        assert_eq!(path_of(&found, one), Some(rel("a/one-again")));
+        assert_eq!(path_of(&found, two), Some(rel("two")));
+        assert_eq!(path_of(&found, three), None, "content the tree does not have is not located");
+        assert!(found[&one].entry.is_some(), "a confirmed hint carries the manifest's entry");
 
         // Wrong, stale, malformed or absent hints fall back to the search.
         for hints in [vec![b"two".to_vec(), b"a/one".to_vec(), Vec::new()], vec![b"../x".to_vec(); 3], Vec::new()] {
             let found = locate(&manifest, &wanted, &hints);
-            assert_eq!(found.get(&one), Some(&rel("a/one")));
-            assert_eq!(found.get(&two), Some(&rel("two")));
+            assert_eq!(path_of(&found, one), Some(rel("a/one")));
+            assert_eq!(path_of(&found, two), Some(rel("two")));
+        }
+    }
+
+    /// What `send_content` sends for `hash`, read from `root/name` with `entry`
+    /// as the manifest's entry: the blob's pieces concatenated, or `None` when it
+    /// was sent as missing or the stream was aborted.
+    fn sent(root: &std::path::Path, name: &str, hash: Hash, entry: Option<FileMeta>) -> Option<Vec<u8>> {
+        let located = Located { path: RelPath::new(name).unwrap(), entry };
+        let paths = HashMap::from([(hash, located)]);
+        let (tx, mut rx) = mpsc::channel(64);
+        send_content(root, &[hash], &paths, &tx, &tokio_util::sync::CancellationToken::new());
+        drop(tx);
+        let mut data = Vec::new();
+        while let Some(message) = rx.blocking_recv() {
+            for blob in message.ok()?.blobs {
+                if blob.missing {
+                    return None;
+                }
+                data.extend_from_slice(&blob.data);
+            }
+        }
+        Some(data)
+    }
+
+    #[test]
+    fn content_whose_stat_still_matches_its_entry_is_sent_without_hashing_it_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = vec![7u8; CHUNK_BYTES * 2 + 5];
+        for (name, content) in [("small", &b"<?php // hashed at the scan"[..]), ("big", &big)] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, content).unwrap();
+            let metadata = std::fs::metadata(&path).unwrap();
+            // The entry a scan made, told apart from the content by a hash that is
+            // not the content's: only a sender that trusts the stat sends it.
+            let other = Hash::of_content(b"what the scan saw");
+            let mut entry = manifest::scan::file_meta(&metadata, other, std::time::Duration::ZERO);
+            entry.stat.settled = true;
+            assert_eq!(sent(dir.path(), name, other, Some(entry.clone())).as_deref(), Some(content), "{name}");
+
+            // Without an entry, an unsettled one, or one whose stat no longer
+            // matches, the content is hashed and found not to be that blob.
+            let mut unsettled = entry.clone();
+            unsettled.stat.settled = false;
+            let mut moved = entry.clone();
+            moved.stat.ctime = manifest::Timestamp::new(1, 0);
+            for entry in [None, Some(unsettled), Some(moved)] {
+                assert_eq!(sent(dir.path(), name, other, entry.clone()), None, "{name}: {entry:?}");
+            }
+            // The real hash is always sent.
+            assert_eq!(sent(dir.path(), name, Hash::of_content(content), None).as_deref(), Some(content));
         }
     }
 }
