@@ -611,24 +611,22 @@ fn verify(tree: &TreeRoot, plan: &Plan, mut target: Manifest) -> Result<Manifest
             if path.is_root() {
                 continue;
             }
-            // Gone with its parent, which the target replaced by a file or symlink:
-            // that parent is a touched path of its own and is checked there.
-            if m.get(path).is_none() && path.parent().is_some_and(|p| m.dir(&p).is_none()) {
-                continue;
-            }
-            let shown = tree.shown(path);
-            let found = cursor.lstat(tree, path)?;
-            let mismatch =
-                |expected: String, found: String| ApplyError::Verify { path: shown.clone(), expected, found };
-            let describe = |s: &Option<EntryStat>| match s {
-                None => "nothing".to_owned(),
-                Some(s) => format!("{:?} size {} mode {:o} mtime {:?}", s.kind, s.size, s.mode, s.mtime),
-            };
             let expected = match m.get(path) {
+                // Gone with its parent, which the target replaced by a file or symlink:
+                // that parent is a touched path of its own and is checked there.
+                None if path.parent().is_some_and(|p| m.dir(&p).is_none()) => continue,
                 None => None,
                 Some(Node::File(f)) => Some(Expected::File(f.clone())),
                 Some(Node::Dir(d)) => Some(Expected::Dir(d.meta)),
                 Some(Node::Symlink(l)) => Some(Expected::Symlink(l.target.clone())),
+            };
+            let found = cursor.lstat(tree, path)?;
+            // Paths are shown only when something does not match.
+            let mismatch =
+                |expected: String, found: String| ApplyError::Verify { path: tree.shown(path), expected, found };
+            let describe = |s: &Option<EntryStat>| match s {
+                None => "nothing".to_owned(),
+                Some(s) => format!("{:?} size {} mode {:o} mtime {:?}", s.kind, s.size, s.mode, s.mtime),
             };
             match (expected, found) {
                 (None, None) => {}

@@ -11,7 +11,6 @@
 //! turns [`Event`]s into progress messages. Blocking file work runs on tokio's
 //! blocking pool.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -436,7 +435,7 @@ async fn fetch_missing<P: PeerSource>(
 ) -> Result<u64, String> {
     // One fetch per distinct hash; every op with that hash is written from it.
     let mut order: Vec<Hash> = Vec::new();
-    let mut ops_by_hash: HashMap<Hash, Vec<usize>> = HashMap::new();
+    let mut ops_by_hash: manifest::hash::HashMap<Vec<usize>> = Default::default();
     for &index in missing {
         if let Op::WriteFile { file, .. } = &plan.ops[index] {
             ops_by_hash.entry(file.hash).or_insert_with(|| {
@@ -536,14 +535,14 @@ fn write_pieces(
     mut rx: tokio::sync::mpsc::Receiver<Vec<Piece>>,
     staging: &Staging,
     plan: &Plan,
-    ops_by_hash: &HashMap<Hash, Vec<usize>>,
+    ops_by_hash: &manifest::hash::HashMap<Vec<usize>>,
     batch: &[Hash],
     received: &AtomicU64,
     files_done: &AtomicU64,
 ) -> Result<(), String> {
-    let wanted: std::collections::HashSet<Hash> = batch.iter().copied().collect();
-    let mut open: HashMap<Hash, (u64, Vec<StagedWriter>)> = HashMap::new();
-    let mut done: std::collections::HashSet<Hash> = std::collections::HashSet::new();
+    let wanted: manifest::hash::HashSet = batch.iter().copied().collect();
+    let mut open: manifest::hash::HashMap<(u64, Vec<StagedWriter>)> = Default::default();
+    let mut done = manifest::hash::HashSet::default();
     while let Some(pieces) = rx.blocking_recv() {
         for piece in pieces {
             if !wanted.contains(&piece.hash) || done.contains(&piece.hash) {

@@ -71,6 +71,9 @@ pub struct Staging {
     dir: Arc<OwnedFd>,
     preserve_owner: bool,
     layout: Layout,
+    /// The staging directory's host path as shown in messages (made once: staged
+    /// files name themselves only when something fails).
+    shown_dir: Arc<str>,
     flusher: Arc<Flusher>,
     /// Set by [`Staging::finish`], cleared by any later write (staging may run on several threads).
     durable: AtomicBool,
@@ -219,7 +222,7 @@ impl Staging {
 
     /// The host path of `name` in the staging directory, for messages.
     fn shown(&self, name: &[u8]) -> String {
-        format!("{}/{}", self.path().display(), manifest::path::escape(name))
+        shown_in(&self.shown_dir, name)
     }
 
     /// Where op `index` (at `path`) is staged, relative to the staging directory.
@@ -249,7 +252,9 @@ impl Staging {
         durable: bool,
     ) -> Self {
         let dir = Arc::new(dir);
+        let shown_dir = tree.path().join(rel.as_path()).display().to_string().into();
         Self {
+            shown_dir,
             tree,
             sync_id: sync_id.clone(),
             rel,
@@ -300,7 +305,6 @@ impl Staging {
     pub fn writer(&self, index: usize, path: &RelPath, file: &FileMeta) -> Result<StagedWriter, StageError> {
         self.durable.store(false, Ordering::SeqCst);
         let name = self.staged_name(index, path);
-        let shown = self.shown(&name);
         let dir = Arc::clone(&self.dir);
         let fd = self
             .creating(index, || {
@@ -311,12 +315,12 @@ impl Staging {
                     Mode::from_raw_mode(0o600),
                 )
             })
-            .map_err(|e| io_error("create staged file", shown.clone(), e))?;
+            .map_err(|e| io_error("create staged file", self.shown(&name), e))?;
         Ok(StagedWriter {
             dir,
             flusher: Arc::clone(&self.flusher),
             name,
-            shown,
+            shown_dir: Arc::clone(&self.shown_dir),
             file: Some(std::fs::File::from(fd)),
             hasher: blake3::Hasher::new(),
             written: 0,
@@ -456,6 +460,11 @@ impl Staging {
     }
 }
 
+/// `dir/name` for messages, `name` escaped as manifest paths are.
+fn shown_in(dir: &str, name: &[u8]) -> String {
+    format!("{dir}/{}", manifest::path::escape(name))
+}
+
 /// `remove_dir_all` that tolerates a missing directory (std's never follows symlinks).
 pub(crate) fn remove_dir_all(path: &Path) -> Result<(), TreeFsError> {
     match std::fs::remove_dir_all(path) {
@@ -483,7 +492,7 @@ pub struct StagedWriter {
     dir: Arc<OwnedFd>,
     flusher: Arc<Flusher>,
     name: Vec<u8>,
-    shown: String,
+    shown_dir: Arc<str>,
     file: Option<std::fs::File>,
     hasher: blake3::Hasher,
     written: u64,
@@ -502,7 +511,7 @@ impl StagedWriter {
         let file = self.file.as_mut().expect("the file is open until finish");
         file.write_all(bytes).map_err(|source| TreeFsError::Io {
             op: "write staged file",
-            path: self.shown.clone(),
+            path: shown_in(&self.shown_dir, &self.name),
             source,
         })?;
         self.written += bytes.len() as u64;
@@ -524,7 +533,7 @@ impl StagedWriter {
         }
         let file = self.file.take().expect("the file is open until finish");
         set_inode_meta(&file, self.expected.mode, self.expected.mtime, self.owner)
-            .map_err(|e| io_error("set metadata of staged file", self.shown.clone(), e))?;
+            .map_err(|e| io_error("set metadata of staged file", shown_in(&self.shown_dir, &self.name), e))?;
         self.flusher.staged(self.written);
         // Done: keep the entry (Drop removes it only while `file` is still open).
         self.name.clear();
