@@ -36,7 +36,7 @@ pub fn unix_now() -> i64 {
 }
 
 fn main() -> ExitCode {
-    memory::one_arena();
+    memory::arena_per_core();
     let flags = config::Flags::parse();
     let config = match config::Config::load(flags) {
         Ok(config) => config,

@@ -6,21 +6,24 @@
 //! in its arenas (one per thread that allocated it: rayon's and tokio's workers
 //! each have one) and returns it to the kernel only from the top of a heap, so a
 //! daemon's resident size kept the high-water mark of every such operation.
-//! `malloc_trim(0)` releases the free pages of every arena, and the daemon uses
-//! one arena: per-thread caches keep small allocations lock-free anyway, and
-//! measured on the 150,000-file tree one arena left 51 MB resident after the
-//! first scan where glibc's default (eight per core) left 70 MB, with the same
-//! scan time (1.29–1.34 s either way; see BENCHMARKS.md).
+//! `malloc_trim(0)` releases the free pages of every arena, and the daemon caps
+//! the arenas at one per core instead of glibc's eight. With one arena in all,
+//! a restart's rescan of the 150,000-file tree took 0.53–0.56 s, its scanning
+//! threads queueing on the arena's lock; with one per core (two here) it takes
+//! 0.31–0.34 s, and the daemon is as big afterwards (333–338 bytes/file resident
+//! either way; glibc's default left 287–384). See BENCHMARKS.md.
 
-/// Limits glibc to one malloc arena. Call first thing in `main`, before any
-/// thread is started.
-pub fn one_arena() {
+/// Caps glibc's malloc arenas at one per core. Call first thing in `main`,
+/// before any thread is started.
+pub fn arena_per_core() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let arenas = libc::c_int::try_from(cores).unwrap_or(libc::c_int::MAX);
         // SAFETY: mallopt takes no pointers; called before other threads exist.
         #[allow(unsafe_code)]
         unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 1);
+            libc::mallopt(libc::M_ARENA_MAX, arenas);
         }
     }
 }
