@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use stagingd_tests::{Daemon, TestTree, assert_rsync_clean, assert_same_tree, cp_a, describe, free_port};
+use stagingd_tests::{
+    Daemon, TestTree, assert_rsync_clean, assert_same_tree, cp_a, describe, free_port, root_of, wait_until,
+};
 
 /// A tree shaped like a staging tree, `files` PHP files across a few directories.
 fn staging_tree(files: usize) -> TestTree {
@@ -244,6 +246,34 @@ fn a_second_sync_while_one_runs_is_refused_with_who_holds_the_lock() {
     let message = busy["message"].as_str().unwrap();
     assert!(message.contains(holder_reason) && message.contains("sync by"), "names who holds the lock: {message}");
     assert_eq!(other.status.code(), Some(1), "the other fails on the frozen source: {}", describe(other));
+}
+
+#[test]
+fn a_tree_copied_into_an_empty_master_is_watched_all_the_way_down() {
+    // The copy arrives as whole subtrees renamed into place: the receiver's
+    // watcher must still see edits deep inside them afterwards.
+    let source = staging_tree(30);
+    let receiver = TestTree::new();
+    let Pair { a, b } = pair(source.path(), receiver.path());
+    serve_bootstrap(&a);
+    let (code, tree, output) = sync(&b, &["--from", "deploy1002"]);
+    assert_eq!(code, Some(0), "{}", describe(&output));
+    assert_eq!(tree["outcome"], "applied", "{tree}");
+    assert_rsync_clean(source.path(), receiver.path());
+
+    fs::write(receiver.path().join("php-1.44.0-wmf.1/includes/api/File1.php"), "<?php // edited by hand\n").unwrap();
+    fs::write(receiver.path().join("php-1.44.0-wmf.1/resources/src/New.js"), "// new\n").unwrap();
+    fs::create_dir(receiver.path().join("php-1.44.0-wmf.1/maintenance/more")).unwrap();
+    fs::write(receiver.path().join("php-1.44.0-wmf.1/maintenance/more/x.php"), "<?php\n").unwrap();
+    let on_disk = root_of(receiver.path()).to_hex();
+    let mut seen = String::new();
+    wait_until("b's watcher has every edit", Duration::from_secs(20), || {
+        seen = b
+            .status_json()
+            .map(|json| json["trees"][0]["root"].as_str().unwrap_or_default().to_owned())
+            .unwrap_or_default();
+        seen == on_disk
+    });
 }
 
 #[test]
