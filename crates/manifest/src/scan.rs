@@ -459,6 +459,10 @@ pub(crate) fn mtime(metadata: &Metadata) -> Timestamp {
     Timestamp::new(metadata.mtime(), metadata.mtime_nsec() as u32)
 }
 
+fn ctime(metadata: &Metadata) -> Timestamp {
+    Timestamp::new(metadata.ctime(), metadata.ctime_nsec() as u32)
+}
+
 pub(crate) fn owner(metadata: &Metadata) -> Owner {
     Owner { uid: metadata.uid(), gid: metadata.gid() }
 }
@@ -475,12 +479,12 @@ pub fn unchanged_since_hashed(entry: &FileMeta, metadata: &Metadata) -> bool {
     entry.stat.settled
         && entry.size == metadata.len()
         && entry.mtime == mtime(metadata)
-        && entry.stat.ctime == Timestamp::new(metadata.ctime(), metadata.ctime_nsec() as u32)
+        && entry.stat.ctime == ctime(metadata)
         && entry.stat.ino == metadata.ino()
 }
 
 fn stat_key(metadata: &Metadata, settle: Duration) -> StatKey {
-    let ctime = Timestamp::new(metadata.ctime(), metadata.ctime_nsec() as u32);
+    let ctime = ctime(metadata);
     let changed = UNIX_EPOCH + Duration::new(ctime.secs.max(0) as u64, ctime.nanos);
     let settled = SystemTime::now().duration_since(changed).is_ok_and(|age| age > settle);
     StatKey { ctime, ino: metadata.ino(), settled }

@@ -5,13 +5,13 @@
 //! Content is read on the blocking pool and sent through a bounded channel, so a
 //! slow reader slows the reading down instead of making the daemon buffer.
 
-use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
+use manifest::hash::HashMap;
 use manifest::{FileMeta, Hash, Manifest, Node, RelPath};
 use proto::v1 as pb;
 use tokio::sync::mpsc;
@@ -247,8 +247,8 @@ struct Located {
 /// A path of `manifest` holding each wanted hash: the client's hint where the
 /// manifest confirms it (a lookup by path), a search of the whole manifest for
 /// the rest (at most one walk per request, none when every hint holds).
-fn locate(manifest: &Manifest, wanted: &[Hash], hints: &[Vec<u8>]) -> HashMap<Hash, Located> {
-    let mut paths = HashMap::with_capacity(wanted.len());
+fn locate(manifest: &Manifest, wanted: &[Hash], hints: &[Vec<u8>]) -> HashMap<Located> {
+    let mut paths = HashMap::with_capacity_and_hasher(wanted.len(), Default::default());
     for (hash, hint) in wanted.iter().zip(hints) {
         if let Ok(path) = RelPath::new(hint.as_slice())
             && let Some(Node::File(entry)) = manifest.get(&path)
@@ -285,13 +285,13 @@ fn still_as_hashed(entry: Option<&FileMeta>, before: &std::fs::Metadata, file: &
 fn send_content(
     root: &std::path::Path,
     wanted: &[Hash],
-    paths: &HashMap<Hash, Located>,
+    paths: &HashMap<Located>,
     tx: &mpsc::Sender<Result<pb::ContentChunk, Status>>,
     shutdown: &tokio_util::sync::CancellationToken,
 ) {
     let mut message = pb::ContentChunk::default();
     let mut message_bytes = 0usize;
-    let mut sent = HashSet::new();
+    let mut sent = manifest::hash::HashSet::default();
     let flush = |message: &mut pb::ContentChunk, bytes: &mut usize| -> bool {
         if message.blobs.is_empty() {
             return true;
@@ -437,7 +437,7 @@ mod tests {
         // A confirmed hint wins over the first path a search would find.
         let hints = [b"a/one-again".to_vec(), b"two".to_vec(), b"nowhere".to_vec()];
         let found = locate(&manifest, &wanted, &hints);
-        let path_of = |found: &HashMap<Hash, Located>, hash| found.get(&hash).map(|l| l.path.clone());
+        let path_of = |found: &HashMap<Located>, hash| found.get(&hash).map(|l| l.path.clone());
         assert_eq!(path_of(&found, one), Some(rel("a/one-again")));
         assert_eq!(path_of(&found, two), Some(rel("two")));
         assert_eq!(path_of(&found, three), None, "content the tree does not have is not located");
@@ -456,7 +456,7 @@ mod tests {
     /// was sent as missing or the stream was aborted.
     fn sent(root: &std::path::Path, name: &str, hash: Hash, entry: Option<FileMeta>) -> Option<Vec<u8>> {
         let located = Located { path: RelPath::new(name).unwrap(), entry };
-        let paths = HashMap::from([(hash, located)]);
+        let paths = HashMap::from_iter([(hash, located)]);
         let (tx, mut rx) = mpsc::channel(64);
         send_content(root, &[hash], &paths, &tx, &tokio_util::sync::CancellationToken::new());
         drop(tx);

@@ -43,16 +43,7 @@ fn node_to_proto(name: &[u8], node: &Node) -> pb::DirEntry {
             gid: f.owner.gid,
             ..base
         },
-        Node::Dir(d) => pb::DirEntry {
-            kind: pb::EntryKind::Dir.into(),
-            mode: d.meta.mode,
-            mtime_secs: d.meta.mtime.secs,
-            mtime_nanos: d.meta.mtime.nanos,
-            hash: d.hash().as_bytes().to_vec(),
-            uid: d.meta.owner.uid,
-            gid: d.meta.owner.gid,
-            ..base
-        },
+        Node::Dir(d) => dir_entry_to_proto(name, d),
         Node::Symlink(s) => pb::DirEntry {
             kind: pb::EntryKind::Symlink.into(),
             mtime_secs: s.mtime.secs,
@@ -85,7 +76,7 @@ pub fn listing_from_proto(response: &pb::ReadDirResponse) -> Result<Listing, Wir
     let mut entries = Vec::with_capacity(response.entries.len());
     for entry in &response.entries {
         RelPath::check_name(&entry.name).map_err(|e| WireError::Name(e.to_string()))?;
-        let listed = listed_from_proto(entry, &manifest::path::escape(&entry.name))?;
+        let listed = listed_from_proto(entry, manifest::path::escape(&entry.name))?;
         entries.push((manifest::Name::new(&entry.name), listed));
     }
     let meta = DirMeta {
@@ -97,8 +88,7 @@ pub fn listing_from_proto(response: &pb::ReadDirResponse) -> Result<Listing, Wir
 }
 
 /// The fields of one entry, each checked (its name is the caller's to check).
-fn listed_from_proto(entry: &pb::DirEntry, shown: &str) -> Result<ListedEntry, WireError> {
-    let shown = shown.to_owned();
+fn listed_from_proto(entry: &pb::DirEntry, shown: String) -> Result<ListedEntry, WireError> {
     let owner = Owner { uid: entry.uid, gid: entry.gid };
     let mtime = timestamp(entry.mtime_secs, entry.mtime_nanos, &shown)?;
     let mode = mode(entry.mode, &shown)?;
@@ -129,6 +119,21 @@ fn listed_from_proto(entry: &pb::DirEntry, shown: &str) -> Result<ListedEntry, W
     Ok(listed)
 }
 
+/// A directory as an entry: its metadata and hash, not its entries.
+fn dir_entry_to_proto(name: &[u8], dir: &Dir) -> pb::DirEntry {
+    pb::DirEntry {
+        name: name.to_vec(),
+        kind: pb::EntryKind::Dir.into(),
+        mode: dir.meta.mode,
+        mtime_secs: dir.meta.mtime.secs,
+        mtime_nanos: dir.meta.mtime.nanos,
+        hash: dir.hash().as_bytes().to_vec(),
+        uid: dir.meta.owner.uid,
+        gid: dir.meta.owner.gid,
+        ..pb::DirEntry::default()
+    }
+}
+
 /// A `ReadChanges` answer as the manifest changes it describes. The one
 /// expected root is checked on every message; the paths pass the path rules,
 /// each entry's name is its path's last component, and every field is checked
@@ -149,7 +154,7 @@ pub fn changes_from_proto(response: &pb::ReadChangesResponse, since: Hash) -> Re
                 if entry.name.as_slice() != path.components().next_back().unwrap_or_default() {
                     return Err(WireError::Field { field: "entry name (not the path's last component)", name: shown });
                 }
-                Some(listed_from_proto(entry, &shown)?)
+                Some(listed_from_proto(entry, shown)?)
             }
         };
         changes.push((path, entry));
@@ -161,16 +166,7 @@ pub fn changes_from_proto(response: &pb::ReadChangesResponse, since: Hash) -> Re
 pub fn change_to_proto(manifest: &manifest::Manifest, path: &RelPath) -> pb::Change {
     let name = path.components().next_back().unwrap_or_default();
     let entry = if path.is_root() {
-        Some(pb::DirEntry {
-            kind: pb::EntryKind::Dir.into(),
-            mode: manifest.root().meta.mode,
-            mtime_secs: manifest.root().meta.mtime.secs,
-            mtime_nanos: manifest.root().meta.mtime.nanos,
-            hash: manifest.root_hash().as_bytes().to_vec(),
-            uid: manifest.root().meta.owner.uid,
-            gid: manifest.root().meta.owner.gid,
-            ..pb::DirEntry::default()
-        })
+        Some(dir_entry_to_proto(name, manifest.root()))
     } else {
         manifest.get(path).map(|node| node_to_proto(name, node))
     };
