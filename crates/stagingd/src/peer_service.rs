@@ -289,16 +289,9 @@ fn send_content(
     tx: &mpsc::Sender<Result<pb::ContentChunk, Status>>,
     shutdown: &tokio_util::sync::CancellationToken,
 ) {
-    let mut message = pb::ContentChunk::default();
-    let mut message_bytes = 0usize;
+    let mut packer = Packer::new();
+    let flush = |packer: &mut Packer| packer.is_empty() || tx.blocking_send(Ok(packer.take())).is_ok();
     let mut sent = manifest::hash::HashSet::default();
-    let flush = |message: &mut pb::ContentChunk, bytes: &mut usize| -> bool {
-        if message.blobs.is_empty() {
-            return true;
-        }
-        *bytes = 0;
-        tx.blocking_send(Ok(std::mem::take(message))).is_ok()
-    };
     for &hash in wanted {
         if shutdown.is_cancelled() {
             let _ = tx.blocking_send(Err(Status::unavailable("the daemon is shutting down")));
@@ -307,65 +300,51 @@ fn send_content(
         if !sent.insert(hash) {
             continue;
         }
-        let missing = pb::Blob { hash: hash.as_bytes().to_vec(), eof: true, missing: true, ..pb::Blob::default() };
         let Some(Located { path, entry }) = paths.get(&hash) else {
-            message.blobs.push(missing);
+            packer.missing(hash);
             continue;
         };
         let file = std::fs::File::options()
             .read(true)
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(root.join(path.as_path()));
-        let Ok(mut file) = file else {
-            message.blobs.push(missing);
+        let Ok(file) = file else {
+            packer.missing(hash);
             continue;
         };
         let Ok(before) = file.metadata() else {
-            message.blobs.push(missing);
+            packer.missing(hash);
             continue;
         };
         let size = before.len();
-        let mut hasher = blake3::Hasher::new();
-        let mut offset = 0u64;
         if size as usize <= CHUNK_BYTES {
-            // Small: read whole, verify, then pack.
-            let mut data = Vec::with_capacity(size as usize);
-            let read = file.read_to_end(&mut data).is_ok();
-            if !read || !(still_as_hashed(entry.as_ref(), &before, &file) || Hash::from(blake3::hash(&data)) == hash) {
-                message.blobs.push(missing);
-                continue;
-            }
-            if message_bytes + data.len() > CHUNK_BYTES && !flush(&mut message, &mut message_bytes) {
+            // Small: read into the message's buffer, verify, keep.
+            if !packer.has_room(size as usize) && !flush(&mut packer) {
                 return;
             }
-            message_bytes += data.len();
-            let total_size = data.len() as u64;
-            message.blobs.push(pb::Blob {
-                hash: hash.as_bytes().to_vec(),
-                offset: 0,
-                data,
-                eof: true,
-                total_size,
-                missing: false,
+            let packed = packer.read(hash, &file, size as usize, |data| {
+                still_as_hashed(entry.as_ref(), &before, &file) || Hash::from(blake3::hash(data)) == hash
             });
+            if !packed {
+                packer.missing(hash);
+            }
             continue;
         }
         // Big: stream in chunks, each in a message of its own, each read into a
         // buffer of its own that the message then owns.
-        if !flush(&mut message, &mut message_bytes) {
+        if !flush(&mut packer) {
             return;
         }
         let trusted = entry.as_ref().is_some_and(|entry| manifest::scan::unchanged_since_hashed(entry, &before));
+        let mut hasher = blake3::Hasher::new();
+        let mut offset = 0u64;
         loop {
-            let mut data = vec![0u8; CHUNK_BYTES];
-            let n = match read_full(&mut file, &mut data) {
-                Ok(n) => n,
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(Status::aborted(format!("reading {path}: {e}"))));
-                    return;
-                }
-            };
-            data.truncate(n);
+            let mut data = Vec::with_capacity(CHUNK_BYTES);
+            if let Err(e) = (&file).take(CHUNK_BYTES as u64).read_to_end(&mut data) {
+                let _ = tx.blocking_send(Err(Status::aborted(format!("reading {path}: {e}"))));
+                return;
+            }
+            let n = data.len();
             if !trusted {
                 hasher.update(&data);
             }
@@ -381,7 +360,8 @@ fn send_content(
                 let _ = tx.blocking_send(Err(Status::aborted(format!("{path} changed while it was being sent"))));
                 return;
             }
-            let blob = pb::Blob { hash: hash.as_bytes().to_vec(), offset, data, eof, total_size: size, missing: false };
+            let blob =
+                pb::Blob { hash: hash_bytes(hash), offset, data: data.into(), eof, total_size: size, missing: false };
             offset += n as u64;
             if tx.blocking_send(Ok(pb::ContentChunk { blobs: vec![blob] })).is_err() {
                 return;
@@ -391,19 +371,79 @@ fn send_content(
             }
         }
     }
-    flush(&mut message, &mut message_bytes);
+    flush(&mut packer);
 }
 
-/// Reads until `buffer` is full or the file ends.
-fn read_full(file: &mut std::fs::File, buffer: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buffer.len() {
-        match file.read(&mut buffer[filled..])? {
-            0 => break,
-            n => filled += n,
+/// Small blobs on their way into one message. Their bytes are read into one
+/// buffer, allocated once per message rather than once per file, and the
+/// message's blobs are slices of it.
+#[derive(Debug)]
+struct Packer {
+    data: Vec<u8>,
+    /// In order: each blob's hash and its bytes in `data`, or `None` when it
+    /// goes as `missing`.
+    blobs: Vec<(Hash, Option<std::ops::Range<usize>>)>,
+}
+
+impl Packer {
+    fn new() -> Self {
+        Self { data: Vec::with_capacity(CHUNK_BYTES), blobs: Vec::new() }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.blobs.is_empty()
+    }
+
+    /// Whether `size` more bytes keep the message within [`CHUNK_BYTES`].
+    fn has_room(&self, size: usize) -> bool {
+        self.data.len() + size <= CHUNK_BYTES
+    }
+
+    fn missing(&mut self, hash: Hash) {
+        self.blobs.push((hash, None));
+    }
+
+    /// Reads `file` whole into the buffer and keeps it as `hash`'s blob if it
+    /// held exactly `size` bytes and `intact` accepts them. Otherwise the buffer
+    /// is as before and the result is false.
+    fn read(&mut self, hash: Hash, mut file: &std::fs::File, size: usize, intact: impl FnOnce(&[u8]) -> bool) -> bool {
+        let start = self.data.len();
+        // One byte more than expected shows a file that grew.
+        let read = (&mut file).take(size as u64 + 1).read_to_end(&mut self.data).is_ok();
+        if read && self.data.len() - start == size && intact(&self.data[start..]) {
+            self.blobs.push((hash, Some(start..self.data.len())));
+            true
+        } else {
+            self.data.truncate(start);
+            false
         }
     }
-    Ok(filled)
+
+    /// The message of everything packed so far; the packer starts afresh.
+    fn take(&mut self) -> pb::ContentChunk {
+        let data = prost::bytes::Bytes::from(std::mem::replace(&mut self.data, Vec::with_capacity(CHUNK_BYTES)));
+        let blobs = self
+            .blobs
+            .drain(..)
+            .map(|(hash, range)| match range {
+                Some(range) => pb::Blob {
+                    hash: hash_bytes(hash),
+                    offset: 0,
+                    total_size: range.len() as u64,
+                    data: data.slice(range),
+                    eof: true,
+                    missing: false,
+                },
+                None => pb::Blob { hash: hash_bytes(hash), eof: true, missing: true, ..pb::Blob::default() },
+            })
+            .collect();
+        pb::ContentChunk { blobs }
+    }
+}
+
+/// A content hash as a `Blob` field.
+fn hash_bytes(hash: Hash) -> prost::bytes::Bytes {
+    prost::bytes::Bytes::copy_from_slice(hash.as_bytes())
 }
 
 #[cfg(test)]
@@ -499,5 +539,36 @@ mod tests {
             // The real hash is always sent.
             assert_eq!(sent(dir.path(), name, Hash::of_content(content), None).as_deref(), Some(content));
         }
+    }
+
+    #[test]
+    fn small_blobs_share_one_buffer_and_a_file_of_another_size_is_not_packed() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, content: &[u8]| {
+            std::fs::write(dir.path().join(name), content).unwrap();
+            std::fs::File::open(dir.path().join(name)).unwrap()
+        };
+        let (one, two) = (write("one", b"first"), write("two", b"second blob"));
+        let mut packer = Packer::new();
+        let accept = |_: &[u8]| true;
+        assert!(packer.read(Hash::of_content(b"first"), &one, 5, accept));
+        // The file holds more (or fewer) bytes than its stat said: nothing is kept.
+        assert!(!packer.read(Hash::of_content(b"second"), &write("grew", b"second blob"), 6, accept));
+        assert!(!packer.read(Hash::of_content(b"second blob!"), &write("shrank", b"second blob"), 12, accept));
+        // Bytes the check refuses are not kept either.
+        assert!(!packer.read(Hash::of_content(b"second blob"), &write("refused", b"second blob"), 11, |_| false));
+        packer.missing(Hash::of_content(b"gone"));
+        assert!(packer.read(Hash::of_content(b"second blob"), &two, 11, accept));
+        assert!(packer.has_room(CHUNK_BYTES - 16) && !packer.has_room(CHUNK_BYTES - 15));
+
+        let message = packer.take();
+        assert!(packer.is_empty() && packer.has_room(CHUNK_BYTES), "the packer starts afresh");
+        let shown: Vec<(&[u8], bool, u64)> =
+            message.blobs.iter().map(|b| (&b.data[..], b.missing, b.total_size)).collect();
+        assert_eq!(shown, [(&b"first"[..], false, 5), (&b""[..], true, 0), (&b"second blob"[..], false, 11)]);
+        assert_eq!(message.blobs[1].hash, hash_bytes(Hash::of_content(b"gone")));
+        assert!(message.blobs.iter().all(|b| b.eof && b.offset == 0));
+        // Both blobs are slices of the one buffer, side by side.
+        assert_eq!(message.blobs[0].data.as_ptr().wrapping_add(5), message.blobs[2].data.as_ptr());
     }
 }

@@ -62,7 +62,8 @@ pub struct Listing {
 pub struct Piece {
     pub hash: Hash,
     pub offset: u64,
-    pub data: Vec<u8>,
+    /// A slice of the message it arrived in (no copy).
+    pub data: bytes::Bytes,
     pub eof: bool,
     pub total_size: u64,
     pub missing: bool,

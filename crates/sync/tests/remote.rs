@@ -169,8 +169,15 @@ impl PeerSource for MemoryPeer {
         for hash in hashes {
             let data = self.content.get(&hash).cloned();
             pieces.push(match data {
-                Some(data) => Piece { hash, offset: 0, total_size: data.len() as u64, data, eof: true, missing: false },
-                None => Piece { hash, offset: 0, data: Vec::new(), eof: true, total_size: 0, missing: true },
+                Some(data) => Piece {
+                    hash,
+                    offset: 0,
+                    total_size: data.len() as u64,
+                    data: data.into(),
+                    eof: true,
+                    missing: false,
+                },
+                None => Piece { hash, offset: 0, data: Default::default(), eof: true, total_size: 0, missing: true },
             });
         }
         (self.tamper_pieces)(&mut pieces);
@@ -451,9 +458,11 @@ fn content_that_does_not_match_its_hash_is_refused() {
     let mut peer = MemoryPeer::of(changed_source().path());
     peer.tamper_pieces = Box::new(|pieces| {
         for piece in pieces.iter_mut() {
-            if let Some(byte) = piece.data.first_mut() {
+            let mut data = piece.data.to_vec();
+            if let Some(byte) = data.first_mut() {
                 *byte ^= 0xff;
             }
+            piece.data = data.into();
         }
     });
     assert_hostile_sync_fails(peer, "hash");
@@ -480,7 +489,7 @@ fn content_that_was_not_asked_for_is_refused() {
             Piece {
                 hash: Hash::of_content(b"x"),
                 offset: 0,
-                data: b"x".to_vec(),
+                data: bytes::Bytes::from_static(b"x"),
                 eof: true,
                 total_size: 1,
                 missing: false,
