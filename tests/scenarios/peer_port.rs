@@ -117,7 +117,7 @@ fn read_dir_and_fetch_content_serve_the_manifest() {
         let mut blobs: std::collections::HashMap<Vec<u8>, (Vec<u8>, bool)> = Default::default();
         while let Some(chunk) = stream.next().await {
             for blob in chunk.unwrap().blobs {
-                let entry = blobs.entry(blob.hash.clone()).or_default();
+                let entry = blobs.entry(blob.hash.to_vec()).or_default();
                 assert_eq!(blob.offset as usize, entry.0.len(), "pieces arrive in order");
                 entry.0.extend_from_slice(&blob.data);
                 entry.1 = blob.missing;
@@ -139,7 +139,7 @@ fn read_dir_and_fetch_content_serve_the_manifest() {
             while let Some(chunk) = stream.next().await {
                 for blob in chunk.unwrap().blobs {
                     assert!(!blob.missing);
-                    received.entry(blob.hash.clone()).or_default().extend_from_slice(&blob.data);
+                    received.entry(blob.hash.to_vec()).or_default().extend_from_slice(&blob.data);
                 }
             }
             assert_eq!(received[&root.entries[0].hash], b"<?php\n");
