@@ -603,24 +603,31 @@ fn verify(tree: &TreeRoot, plan: &Plan, mut target: Manifest) -> Result<Manifest
         Dir(DirMeta),
         Symlink(Box<[u8]>),
     }
-    let mut cursor = DirCursor::new(tree)?;
+    // Gone with its parent, which the target replaced by a file or symlink: that
+    // parent is a touched path of its own and is checked there.
+    let gone_with_parent =
+        |path: &RelPath| target.get(path).is_none() && path.parent().is_some_and(|p| target.dir(&p).is_none());
+    let found =
+        crate::cores::on_every_core(&touched, |paths| {
+            let mut cursor = DirCursor::new(tree)?;
+            paths
+                .iter()
+                .map(|path| {
+                    if path.is_root() || gone_with_parent(path) { Ok(None) } else { cursor.lstat(tree, path).map(Some) }
+                })
+                .collect::<Result<Vec<_>, TreeFsError>>()
+        })?;
     // What `lstat` adds (owner, stat key) is in no hash: nothing is rehashed.
     {
         let m = &mut target;
-        for path in touched {
-            if path.is_root() {
-                continue;
-            }
+        for (path, found) in touched.into_iter().zip(found) {
+            let Some(found) = found else { continue };
             let expected = match m.get(path) {
-                // Gone with its parent, which the target replaced by a file or symlink:
-                // that parent is a touched path of its own and is checked there.
-                None if path.parent().is_some_and(|p| m.dir(&p).is_none()) => continue,
                 None => None,
                 Some(Node::File(f)) => Some(Expected::File(f.clone())),
                 Some(Node::Dir(d)) => Some(Expected::Dir(d.meta)),
                 Some(Node::Symlink(l)) => Some(Expected::Symlink(l.target.clone())),
             };
-            let found = cursor.lstat(tree, path)?;
             // Paths are shown only when something does not match.
             let mismatch =
                 |expected: String, found: String| ApplyError::Verify { path: tree.shown(path), expected, found };

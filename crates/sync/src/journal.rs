@@ -65,7 +65,6 @@ impl Journal {
     /// Writes the journal atomically and durably.
     pub fn write(&self, tree_state_dir: &Path) -> Result<(), JournalError> {
         let path = Self::path(tree_state_dir);
-        // Streamed: a full copy's journal is ~70 MB of JSON, never held whole.
         let record = JournalRecordOut {
             version: VERSION,
             sync_id: self.sync_id.as_str(),
@@ -73,10 +72,36 @@ impl Journal {
             from_root: self.from_root.to_hex(),
             to_root: self.to_root.to_hex(),
             preserve_owner: self.preserve_owner,
-            ops: OpsOut(&self.ops),
         };
-        manifest::fsutil::write_atomic_with(&path, |file| serde_json::to_writer(file, &record).map_err(io::Error::from))
-            .map_err(|source| JournalError::Io { op: "write", path, source })
+        let io_error = |source| JournalError::Io { op: "write", path: path.clone(), source };
+        // A full copy's journal is ~70 MB of JSON: its ops are encoded on every
+        // core, a slice each, and written one slice after the other; the file
+        // reads as one record `{..., "ops": [...]}`.
+        let ops = crate::cores::on_every_core(&self.ops, |ops| {
+            let mut json = Vec::new();
+            for (i, (op, old)) in ops.iter().enumerate() {
+                if i > 0 {
+                    json.push(b',');
+                }
+                serde_json::to_writer(&mut json, &journal_op(op, *old))?;
+            }
+            Ok::<_, serde_json::Error>(vec![json])
+        })
+        .map_err(|e| io_error(e.into()))?;
+        let mut head = serde_json::to_vec(&record).map_err(|e| io_error(e.into()))?;
+        head.pop(); // the closing brace: the ops come before it
+        manifest::fsutil::write_atomic_with(&path, |file| {
+            file.write_all(&head)?;
+            file.write_all(b",\"ops\":[")?;
+            for (i, slice) in ops.iter().filter(|slice| !slice.is_empty()).enumerate() {
+                if i > 0 {
+                    file.write_all(b",")?;
+                }
+                file.write_all(slice)?;
+            }
+            file.write_all(b"]}")
+        })
+        .map_err(io_error)
     }
 
     /// Reads the journal, `Ok(None)` when there is none.
@@ -220,8 +245,8 @@ fn parse_path(text: &str) -> Result<RelPath, String> {
     RelPath::new(unhex(text)?).map_err(|e| e.to_string())
 }
 
-/// The journal as written: like [`JournalRecord`], with the ops converted one
-/// at a time as they are serialized.
+/// The journal's head as written: [`JournalRecord`] without its ops, which
+/// [`Journal::write`] appends.
 #[derive(Serialize)]
 struct JournalRecordOut<'a> {
     version: u32,
@@ -230,15 +255,6 @@ struct JournalRecordOut<'a> {
     from_root: String,
     to_root: String,
     preserve_owner: bool,
-    ops: OpsOut<'a>,
-}
-
-struct OpsOut<'a>(&'a [(Op, Option<Hash>)]);
-
-impl Serialize for OpsOut<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.0.iter().map(|(op, old)| journal_op(op, *old)))
-    }
 }
 
 fn journal_op(op: &Op, old: Option<Hash>) -> JournalOp {
@@ -373,6 +389,42 @@ mod tests {
         assert_eq!(Journal::read(dir.path()).unwrap().unwrap(), journal);
         Journal::remove(dir.path()).unwrap();
         assert_eq!(Journal::read(dir.path()).unwrap(), None);
+    }
+
+    #[test]
+    fn a_journal_encoded_on_several_cores_reads_back_whole_and_in_order() {
+        // Enough ops that `write` encodes them in slices on several threads.
+        let ops: Vec<(Op, Option<Hash>)> = (0..20_000u32)
+            .map(|i| {
+                let path = RelPath::new(format!("d{}/f{i}", i % 97)).unwrap();
+                let op = match i % 3 {
+                    0 => Op::Delete { path, kind: Kind::File },
+                    1 => Op::MkDir { path, meta: DirMeta { mode: 0o755, ..Default::default() } },
+                    _ => Op::SetDirMeta { path, meta: DirMeta::default(), mode_changed: false },
+                };
+                // Only a delete (or a file write) displaces a file.
+                let old = matches!(op, Op::Delete { .. }).then(|| Hash::of_content(&i.to_le_bytes()));
+                (op, old)
+            })
+            .collect();
+        let plain: Vec<Op> = ops.iter().map(|(op, _)| op.clone()).collect();
+        let (from_root, to_root) = (Hash::of_content(b"from"), Hash::of_content(b"to"));
+        let journal = Journal {
+            sync_id: SyncId::new("s2-test".to_owned()).unwrap(),
+            plan_id: plan_id(from_root, to_root, &plain),
+            from_root,
+            to_root,
+            preserve_owner: false,
+            ops,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        journal.write(dir.path()).unwrap();
+        let read = Journal::read(dir.path()).unwrap().unwrap();
+        assert!(read == journal, "the journal read back differs from the one written");
+        // And an empty plan still makes a valid record.
+        let empty = Journal { ops: Vec::new(), plan_id: plan_id(from_root, to_root, &[]), ..journal };
+        empty.write(dir.path()).unwrap();
+        assert_eq!(Journal::read(dir.path()).unwrap().unwrap(), empty);
     }
 
     #[test]

@@ -20,6 +20,7 @@
 
 pub mod apply;
 pub mod capacity;
+pub mod cores;
 pub mod engine;
 pub mod guards;
 pub mod history;

@@ -435,22 +435,27 @@ impl Staging {
     /// the journal commits to them.
     pub fn check_complete(&self, plan: &Plan) -> Result<(), StageError> {
         use crate::tree_fs::EntryKind;
-        for (index, op) in plan.ops.iter().enumerate() {
-            let expected = match op {
-                Op::WriteFile { file, .. } => Some((EntryKind::File, file.size)),
-                Op::Symlink { .. } => Some((EntryKind::Symlink, 0)),
-                Op::MkDir { .. } if self.layout.place(index) != Place::Entry => Some((EntryKind::Dir, 0)),
-                _ => None,
-            };
-            let Some((kind, size)) = expected else { continue };
-            let name = self.staged_name(index, op.path());
-            let found = crate::tree_fs::lstat_at(&self.dir, &name)
-                .map_err(|e| io_error("check staged entry", self.shown(&name), e))?;
-            match found {
-                Some(st) if st.kind == kind && (kind != EntryKind::File || st.size == size) => {}
-                _ => return Err(StageError::NotStaged { index, path: op.path().clone() }),
+        let indices: Vec<usize> = (0..plan.ops.len()).collect();
+        crate::cores::on_every_core(&indices, |indices| {
+            for &index in indices {
+                let op = &plan.ops[index];
+                let expected = match op {
+                    Op::WriteFile { file, .. } => Some((EntryKind::File, file.size)),
+                    Op::Symlink { .. } => Some((EntryKind::Symlink, 0)),
+                    Op::MkDir { .. } if self.layout.place(index) != Place::Entry => Some((EntryKind::Dir, 0)),
+                    _ => None,
+                };
+                let Some((kind, size)) = expected else { continue };
+                let name = self.staged_name(index, op.path());
+                let found = crate::tree_fs::lstat_at(&self.dir, &name)
+                    .map_err(|e| io_error("check staged entry", self.shown(&name), e))?;
+                match found {
+                    Some(st) if st.kind == kind && (kind != EntryKind::File || st.size == size) => {}
+                    _ => return Err(StageError::NotStaged { index, path: op.path().clone() }),
+                }
             }
-        }
+            Ok(Vec::<()>::new())
+        })?;
         Ok(())
     }
 
