@@ -591,6 +591,9 @@ fn fail_at(step: usize, op: &Op, source: TreeFsError) -> ApplyError {
 
 /// Stats every touched path again, checks it against `target` and refreshes the
 /// stat keys and owners of the entries the switch wrote.
+/// Paths the verify stats at a time (its results stay small).
+const VERIFY_BLOCK_PATHS: usize = 16_384;
+
 fn verify(tree: &TreeRoot, plan: &Plan, mut target: Manifest) -> Result<Manifest, ApplyError> {
     let touched: Vec<&RelPath> = {
         let mut seen = HashSet::new();
@@ -603,24 +606,25 @@ fn verify(tree: &TreeRoot, plan: &Plan, mut target: Manifest) -> Result<Manifest
         Dir(DirMeta),
         Symlink(Box<[u8]>),
     }
-    // Gone with its parent, which the target replaced by a file or symlink: that
-    // parent is a touched path of its own and is checked there.
-    let gone_with_parent =
-        |path: &RelPath| target.get(path).is_none() && path.parent().is_some_and(|p| target.dir(&p).is_none());
-    let found =
-        crate::cores::on_every_core(&touched, |paths| {
-            let mut cursor = DirCursor::new(tree)?;
-            paths
-                .iter()
-                .map(|path| {
+    // What `lstat` adds (owner, stat key) is in no hash: nothing is rehashed. A
+    // block of paths at a time is stat'ed on every core, then checked here.
+    for block in touched.chunks(VERIFY_BLOCK_PATHS) {
+        let found = {
+            let target = &target;
+            // Gone with its parent, which the target replaced by a file or symlink:
+            // that parent is a touched path of its own and is checked there.
+            let gone_with_parent =
+                |path: &RelPath| target.get(path).is_none() && path.parent().is_some_and(|p| target.dir(&p).is_none());
+            crate::cores::on_every_core(block, |paths| {
+                let mut cursor = DirCursor::new(tree)?;
+                let lstat = |path: &&RelPath| {
                     if path.is_root() || gone_with_parent(path) { Ok(None) } else { cursor.lstat(tree, path).map(Some) }
-                })
-                .collect::<Result<Vec<_>, TreeFsError>>()
-        })?;
-    // What `lstat` adds (owner, stat key) is in no hash: nothing is rehashed.
-    {
+                };
+                paths.iter().map(lstat).collect::<Result<Vec<_>, TreeFsError>>()
+            })?
+        };
         let m = &mut target;
-        for (path, found) in touched.into_iter().zip(found) {
+        for (path, found) in block.iter().zip(found) {
             let Some(found) = found else { continue };
             let expected = match m.get(path) {
                 None => None,

@@ -26,6 +26,8 @@ use crate::history::SyncId;
 /// The journal's file name inside a tree's state directory.
 pub const JOURNAL_FILE: &str = "journal";
 const VERSION: u32 = 1;
+/// Ops encoded (on every core) and written at a time: a few MB of JSON.
+const JOURNAL_BLOCK_OPS: usize = 16_384;
 
 /// Why a journal could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -74,10 +76,12 @@ impl Journal {
             preserve_owner: self.preserve_owner,
         };
         let io_error = |source| JournalError::Io { op: "write", path: path.clone(), source };
-        // A full copy's journal is ~70 MB of JSON: its ops are encoded on every
-        // core, a slice each, and written one slice after the other; the file
-        // reads as one record `{..., "ops": [...]}`.
-        let ops = crate::cores::on_every_core(&self.ops, |ops| {
+        let mut head = serde_json::to_vec(&record).map_err(|e| io_error(e.into()))?;
+        head.pop(); // the closing brace: the ops come before it
+        // A full copy's journal is ~70 MB of JSON, never held whole: the ops are
+        // encoded a block at a time, each block on every core (a slice each), and
+        // written before the next; the file reads as one record `{..., "ops": [...]}`.
+        let encode = |ops: &[(Op, Option<Hash>)]| {
             let mut json = Vec::new();
             for (i, (op, old)) in ops.iter().enumerate() {
                 if i > 0 {
@@ -86,18 +90,19 @@ impl Journal {
                 serde_json::to_writer(&mut json, &journal_op(op, *old))?;
             }
             Ok::<_, serde_json::Error>(vec![json])
-        })
-        .map_err(|e| io_error(e.into()))?;
-        let mut head = serde_json::to_vec(&record).map_err(|e| io_error(e.into()))?;
-        head.pop(); // the closing brace: the ops come before it
+        };
         manifest::fsutil::write_atomic_with(&path, |file| {
             file.write_all(&head)?;
             file.write_all(b",\"ops\":[")?;
-            for (i, slice) in ops.iter().filter(|slice| !slice.is_empty()).enumerate() {
-                if i > 0 {
-                    file.write_all(b",")?;
+            let mut first = true;
+            for block in self.ops.chunks(JOURNAL_BLOCK_OPS) {
+                for slice in crate::cores::on_every_core(block, encode)? {
+                    if !first {
+                        file.write_all(b",")?;
+                    }
+                    first = false;
+                    file.write_all(&slice)?;
                 }
-                file.write_all(slice)?;
             }
             file.write_all(b"]}")
         })
