@@ -349,6 +349,20 @@ impl JournalRecord {
 mod tests {
     use super::*;
 
+    /// A journal of `ops` that names the plan they make.
+    fn journal_of(sync_id: &str, ops: Vec<(Op, Option<Hash>)>, preserve_owner: bool) -> Journal {
+        let plain: Vec<Op> = ops.iter().map(|(op, _)| op.clone()).collect();
+        let (from_root, to_root) = (Hash::of_content(b"from"), Hash::of_content(b"to"));
+        Journal {
+            sync_id: SyncId::new(sync_id.to_owned()).unwrap(),
+            plan_id: plan_id(from_root, to_root, &plain),
+            from_root,
+            to_root,
+            preserve_owner,
+            ops,
+        }
+    }
+
     #[test]
     fn non_utf8_paths_and_targets_round_trip_exactly() {
         let path = RelPath::new(b"dir/caf\xe9\x01").unwrap();
@@ -379,16 +393,7 @@ mod tests {
             ),
             (Op::SetDirMeta { path: RelPath::root(), meta: DirMeta::default(), mode_changed: true }, None),
         ];
-        let plain: Vec<Op> = ops.iter().map(|(op, _)| op.clone()).collect();
-        let (from_root, to_root) = (Hash::of_content(b"from"), Hash::of_content(b"to"));
-        let journal = Journal {
-            sync_id: SyncId::new("s1-test".to_owned()).unwrap(),
-            plan_id: plan_id(from_root, to_root, &plain),
-            from_root,
-            to_root,
-            preserve_owner: true,
-            ops,
-        };
+        let journal = journal_of("s1-test", ops, true);
         let dir = tempfile::tempdir().unwrap();
         journal.write(dir.path()).unwrap();
         assert_eq!(Journal::read(dir.path()).unwrap().unwrap(), journal);
@@ -412,22 +417,13 @@ mod tests {
                 (op, old)
             })
             .collect();
-        let plain: Vec<Op> = ops.iter().map(|(op, _)| op.clone()).collect();
-        let (from_root, to_root) = (Hash::of_content(b"from"), Hash::of_content(b"to"));
-        let journal = Journal {
-            sync_id: SyncId::new("s2-test".to_owned()).unwrap(),
-            plan_id: plan_id(from_root, to_root, &plain),
-            from_root,
-            to_root,
-            preserve_owner: false,
-            ops,
-        };
+        let journal = journal_of("s2-test", ops, false);
         let dir = tempfile::tempdir().unwrap();
         journal.write(dir.path()).unwrap();
         let read = Journal::read(dir.path()).unwrap().unwrap();
         assert!(read == journal, "the journal read back differs from the one written");
         // And an empty plan still makes a valid record.
-        let empty = Journal { ops: Vec::new(), plan_id: plan_id(from_root, to_root, &[]), ..journal };
+        let empty = journal_of("s2-test", Vec::new(), false);
         empty.write(dir.path()).unwrap();
         assert_eq!(Journal::read(dir.path()).unwrap().unwrap(), empty);
     }
