@@ -137,6 +137,8 @@ proptest! {
         prop_assert_eq!(plan.id, diff(&from, &to).id, "plan ids are deterministic");
         prop_assert_eq!(plan.is_empty(), from.root_hash() == to.root_hash());
         prop_assert!(diff(&to, &to).is_empty());
+        // A plan lives for the whole sync: no room beyond its ops.
+        prop_assert_eq!(plan.ops.capacity(), plan.ops.len());
     }
 
     #[test]

@@ -438,38 +438,31 @@ async fn fetch_missing<P: PeerSource>(
     events: &(dyn Fn(Event) + Send + Sync),
 ) -> Result<u64, String> {
     // One fetch per distinct hash; every op with that hash is written from it.
-    let mut order: Vec<Hash> = Vec::new();
-    let mut ops_by_hash: manifest::hash::HashMap<Vec<usize>> = Default::default();
-    for &index in missing {
-        if let Op::WriteFile { file, .. } = &plan.ops[index] {
-            ops_by_hash.entry(file.hash).or_insert_with(|| {
-                order.push(file.hash);
-                Vec::new()
-            });
-            ops_by_hash.get_mut(&file.hash).expect("inserted above").push(index);
-        }
-    }
-    let size_of = |hash: &Hash| write_size(&plan.ops[ops_by_hash[hash][0]]);
-    let total_bytes: u64 = order.iter().map(size_of).sum();
-    // Each hash goes with the path the peer listed it at (the first op writing it:
-    // the target is the peer's tree), so the peer opens that file without a search.
-    let wanted_of = |hash: Hash| Wanted { hash, at: plan.ops[ops_by_hash[&hash][0]].path().clone() };
-    let mut batches: Vec<Vec<Wanted>> = Vec::new();
-    let mut batch_bytes = 0;
-    for hash in order {
-        let size = size_of(&hash);
-        match batches.last_mut() {
-            Some(batch) if batch.len() < FETCH_BATCH_HASHES && batch_bytes + size <= FETCH_BATCH_BYTES => {
-                batch.push(wanted_of(hash));
-                batch_bytes += size;
+    let ops_by_hash = Arc::new(OpsByHash::new(plan, missing));
+    let size_of = |first: usize| write_size(&plan.ops[first]);
+    let total_bytes: u64 = ops_by_hash.first_ops().iter().map(|&first| size_of(first)).sum();
+    // Batches are made as streams start, not all at once: each hash goes with the
+    // path the peer listed it at (the first op writing it: the target is the
+    // peer's tree), so the peer opens that file without a search.
+    let (by_hash, mut next) = (Arc::clone(&ops_by_hash), 0);
+    let batches = std::iter::from_fn(move || {
+        let firsts = by_hash.first_ops();
+        let mut batch: Vec<Wanted> = Vec::new();
+        let mut batch_bytes = 0;
+        while let Some(&first) = firsts.get(next) {
+            let size = size_of(first);
+            if !batch.is_empty() && (batch.len() >= FETCH_BATCH_HASHES || batch_bytes + size > FETCH_BATCH_BYTES) {
+                break;
             }
-            _ => {
-                batches.push(vec![wanted_of(hash)]);
-                batch_bytes = size;
-            }
+            let Op::WriteFile { path, file, .. } = &plan.ops[first] else {
+                unreachable!("only WriteFile ops are fetched")
+            };
+            batch.push(Wanted { hash: file.hash, at: path.clone() });
+            batch_bytes += size;
+            next += 1;
         }
-    }
-    let ops_by_hash = Arc::new(ops_by_hash);
+        (!batch.is_empty()).then_some(batch)
+    });
     let received = Arc::new(AtomicU64::new(0));
     let files_total = missing.len() as u64;
     let files_done = Arc::new(AtomicU64::new(0));
@@ -533,13 +526,48 @@ async fn fetch_missing<P: PeerSource>(
     Ok(received.load(Ordering::Relaxed))
 }
 
+/// The ops a fetch writes, by content hash: one `(hash, op index)` pair an op,
+/// sorted, so the ops of a hash are a range found by binary search. ~40 bytes an
+/// op, where a map from each hash to a vector of indices took ~130 at 150,000 files.
+struct OpsByHash {
+    pairs: Vec<(Hash, u32)>,
+    /// The first op of each distinct hash, in plan order: what is fetched, in order.
+    firsts: Vec<usize>,
+}
+
+impl OpsByHash {
+    fn new(plan: &Plan, indices: &[usize]) -> Self {
+        let mut pairs: Vec<(Hash, u32)> = indices
+            .iter()
+            .filter_map(|&index| match &plan.ops[index] {
+                Op::WriteFile { file, .. } => Some((file.hash, u32::try_from(index).expect("a plan has < 2^32 ops"))),
+                _ => None,
+            })
+            .collect();
+        pairs.sort_unstable();
+        let mut firsts: Vec<usize> = pairs.chunk_by(|a, b| a.0 == b.0).map(|same| same[0].1 as usize).collect();
+        firsts.sort_unstable();
+        Self { pairs, firsts }
+    }
+
+    fn first_ops(&self) -> &[usize] {
+        &self.firsts
+    }
+
+    /// The indices of the ops that write `hash`, ascending; none for a hash not fetched.
+    fn ops(&self, hash: Hash) -> impl Iterator<Item = usize> + '_ {
+        let start = self.pairs.partition_point(|(h, _)| *h < hash);
+        self.pairs[start..].iter().take_while(move |(h, _)| *h == hash).map(|&(_, index)| index as usize)
+    }
+}
+
 /// Writes the pieces of one fetch batch into staged files, checking that each
 /// piece belongs to a requested hash and continues its blob exactly.
 fn write_pieces(
     mut rx: tokio::sync::mpsc::Receiver<Vec<Piece>>,
     staging: &Staging,
     plan: &Plan,
-    ops_by_hash: &manifest::hash::HashMap<Vec<usize>>,
+    ops_by_hash: &OpsByHash,
     batch: &[Hash],
     received: &AtomicU64,
     files_done: &AtomicU64,
@@ -562,7 +590,7 @@ fn write_pieces(
                 std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
                 std::collections::hash_map::Entry::Vacant(entry) => {
                     let mut writers = Vec::new();
-                    for &index in &ops_by_hash[&piece.hash] {
+                    for index in ops_by_hash.ops(piece.hash) {
                         let Op::WriteFile { path, file, .. } = &plan.ops[index] else {
                             unreachable!("only WriteFile ops are fetched")
                         };
@@ -731,5 +759,51 @@ impl PeerSource for NoPeer {
     }
     async fn read_changes(&self, _since: Hash) -> Result<Option<crate::remote::Changes>, RemoteError> {
         match *self {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use manifest::{FileMeta, PlanTotals};
+
+    use super::*;
+
+    fn write(path: &str, content: &str) -> Op {
+        let file = FileMeta {
+            size: content.len() as u64,
+            mode: 0o644,
+            mtime: Default::default(),
+            hash: Hash::of_content(content.as_bytes()),
+            owner: Default::default(),
+            stat: Default::default(),
+        };
+        Op::WriteFile { path: RelPath::new(path).unwrap(), file, replaces: false }
+    }
+
+    #[test]
+    fn each_content_is_fetched_once_in_plan_order_and_written_to_every_op_that_holds_it() {
+        let ops = vec![
+            write("z", "shared"),
+            Op::MkDir { path: RelPath::new("d").unwrap(), meta: Default::default() },
+            write("d/a", "only a"),
+            write("d/b", "shared"),
+            write("d/c", "local copy"),
+            write("e", "shared"),
+        ];
+        let plan = Plan {
+            from_root: Hash::default(),
+            to_root: Hash::default(),
+            ops,
+            totals: PlanTotals::default(),
+            id: manifest::PlanId([0; 8]),
+        };
+        // Op 4 was copied locally: it is not fetched.
+        let by_hash = OpsByHash::new(&plan, &[0, 2, 3, 5]);
+        assert_eq!(by_hash.first_ops(), [0, 2]);
+        let ops_of = |content: &str| by_hash.ops(Hash::of_content(content.as_bytes())).collect::<Vec<_>>();
+        assert_eq!(ops_of("shared"), [0, 3, 5]);
+        assert_eq!(ops_of("only a"), [2]);
+        assert_eq!(ops_of("local copy"), Vec::<usize>::new());
+        assert_eq!(ops_of("never planned"), Vec::<usize>::new());
     }
 }
