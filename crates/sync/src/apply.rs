@@ -218,7 +218,8 @@ pub fn apply_to(
         path: tree_state_dir.to_path_buf(),
         source,
     })?;
-    journal.write(tree_state_dir)?;
+    let journal_bytes = journal.write(tree_state_dir)?;
+    tracing::debug!(bytes = journal_bytes, ops = journal.ops.len(), "apply: journal size");
     lap("journal written");
 
     let switched = switch(&tree, staging.dir_fd(), &trash, &journal, &mut steps)?;
