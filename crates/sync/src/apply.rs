@@ -607,32 +607,38 @@ fn verify(tree: &TreeRoot, plan: &Plan, mut target: Manifest) -> Result<Manifest
         Dir(DirMeta),
         Symlink(Box<[u8]>),
     }
+    /// What the target says of a path and what `lstat` found there.
+    type Check = (Option<Expected>, Option<EntryStat>);
     // What `lstat` adds (owner, stat key) is in no hash: nothing is rehashed. A
     // block of paths at a time is stat'ed on every core, then checked here.
     for block in touched.chunks(VERIFY_BLOCK_PATHS) {
-        let found = {
+        // What the target says of each path and what `lstat` finds there, looked
+        // up and stat'ed on every core; `None` for a path with nothing to check.
+        let checks = {
             let target = &target;
-            // Gone with its parent, which the target replaced by a file or symlink:
-            // that parent is a touched path of its own and is checked there.
-            let gone_with_parent =
-                |path: &RelPath| target.get(path).is_none() && path.parent().is_some_and(|p| target.dir(&p).is_none());
             crate::cores::on_every_core(block, |paths| {
                 let mut cursor = DirCursor::new(tree)?;
-                let lstat = |path: &&RelPath| {
-                    if path.is_root() || gone_with_parent(path) { Ok(None) } else { cursor.lstat(tree, path).map(Some) }
+                let mut check = |path: &RelPath| -> Result<Option<Check>, TreeFsError> {
+                    if path.is_root() {
+                        return Ok(None);
+                    }
+                    let expected = match target.get(path) {
+                        // Gone with its parent, which the target replaced by a file or
+                        // symlink: that parent is a touched path of its own, checked there.
+                        None if path.parent().is_some_and(|p| target.dir(&p).is_none()) => return Ok(None),
+                        None => None,
+                        Some(Node::File(f)) => Some(Expected::File(f.clone())),
+                        Some(Node::Dir(d)) => Some(Expected::Dir(d.meta)),
+                        Some(Node::Symlink(l)) => Some(Expected::Symlink(l.target.clone())),
+                    };
+                    Ok(Some((expected, cursor.lstat(tree, path)?)))
                 };
-                paths.iter().map(lstat).collect::<Result<Vec<_>, TreeFsError>>()
+                paths.iter().map(|path| check(path)).collect::<Result<Vec<_>, TreeFsError>>()
             })?
         };
         let m = &mut target;
-        for (path, found) in block.iter().zip(found) {
-            let Some(found) = found else { continue };
-            let expected = match m.get(path) {
-                None => None,
-                Some(Node::File(f)) => Some(Expected::File(f.clone())),
-                Some(Node::Dir(d)) => Some(Expected::Dir(d.meta)),
-                Some(Node::Symlink(l)) => Some(Expected::Symlink(l.target.clone())),
-            };
+        for (path, check) in block.iter().zip(checks) {
+            let Some((expected, found)) = check else { continue };
             // Paths are shown only when something does not match.
             let mismatch =
                 |expected: String, found: String| ApplyError::Verify { path: tree.shown(path), expected, found };

@@ -674,3 +674,31 @@ fn owners_are_reproduced_when_running_as_root() {
         assert_eq!((st.uid(), st.gid()), (1234, 5678), "{name}");
     }
 }
+
+#[test]
+fn a_touched_path_changed_after_the_switch_fails_the_verify_and_names_it() {
+    // How many steps an apply of this plan takes; the last one comes right before the verify.
+    let steps = Fixture::standard().apply_with(None).unwrap().steps;
+    for (path, change) in [
+        (
+            "update.txt",
+            &(|p: &Path| fs::set_permissions(p, fs::Permissions::from_mode(0o600)).unwrap()) as &dyn Fn(&Path),
+        ),
+        ("update.txt", &|p: &Path| fs::write(p, "longer than what was synced").unwrap()),
+        ("delete.txt", &|p: &Path| fs::write(p, "back again").unwrap()),
+    ] {
+        let f = Fixture::standard();
+        let target = f.root.join(path);
+        let hook = |step: usize| {
+            if step + 1 == steps {
+                change(&target);
+            }
+            StepControl::Continue
+        };
+        let error = f.apply_with(Some(&hook)).unwrap_err();
+        match &error {
+            ApplyError::Verify { path: shown, .. } => assert!(shown.ends_with(path), "{path}: {error}"),
+            other => panic!("{path}: expected a verify error, got {other}"),
+        }
+    }
+}
