@@ -34,7 +34,7 @@ pub const FETCH_BATCH_BYTES: u64 = 64 << 20;
 /// Fetch streams in flight at once.
 pub const FETCH_STREAMS: usize = 4;
 /// Messages (up to 1 MiB each) received on one fetch stream and waiting for its
-/// writer. The connection's HTTP/2 window already buffers 32 MiB; a deeper queue
+/// writer. The connection's HTTP/2 window already buffers 16 MiB; a deeper queue
 /// (8) held ~15 MB more at the receiver's peak and was no faster.
 pub const FETCH_QUEUE_MESSAGES: usize = 2;
 /// A fetch stream that sends nothing for this long is abandoned (nothing applied).
