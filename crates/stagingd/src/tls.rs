@@ -213,7 +213,8 @@ impl tonic::service::Interceptor for PeerNameCheck {
 /// The largest HTTP/2 frame a peer may send us.
 pub const HTTP2_MAX_FRAME_BYTES: u32 = 1 << 20;
 /// How much of one stream a peer may send before we read it. On loopback 4/16 MiB
-/// copy as fast as 8/32 MiB did, and a receiver holds ~20 MB less while it fetches.
+/// copy as fast as 8/32 MiB did, and a receiver holds ~20 MB less while it fetches;
+/// across 30 ms of round trip they still let ~500 MB/s through.
 pub const HTTP2_STREAM_WINDOW_BYTES: u32 = 4 << 20;
 /// How much of all streams of a connection a peer may send before we read it.
 pub const HTTP2_CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
