@@ -75,15 +75,7 @@ impl Journal {
     /// a time: it is never held whole. Returns its size in bytes.
     pub fn write(&self, tree_state_dir: &Path) -> Result<u64, JournalError> {
         let path = Self::path(tree_state_dir);
-        let head = JournalHead {
-            version: VERSION,
-            sync_id: self.sync_id.as_str().to_owned(),
-            plan_id: self.plan_id.to_string(),
-            from_root: self.from_root.to_hex(),
-            to_root: self.to_root.to_hex(),
-            preserve_owner: self.preserve_owner,
-            ops: Some(self.ops.len() as u64),
-        };
+        let head = JournalHead::of(self, VERSION, Some(self.ops.len() as u64));
         let io_error = |source| JournalError::Io { op: "write", path: path.clone(), source };
         let mut line = serde_json::to_vec(&head).map_err(|e| io_error(e.into()))?;
         line.push(b'\n');
@@ -138,7 +130,7 @@ impl Journal {
         if blake3::hash(&bytes[..body_end]).as_bytes()[..] != bytes[body_end..] {
             return Err(invalid("its checksum does not match its content (damaged or truncated)".to_owned()));
         }
-        let count = head.ops.ok_or_else(|| invalid("its head has no op count".to_owned()))?;
+        let count = head.op_count.ok_or_else(|| invalid("its head has no op count".to_owned()))?;
         let ops = Decoder::new(&bytes[newline + 1..body_end]).ops(count).map_err(invalid)?;
         head.into_journal(ops).map(Some).map_err(invalid)
     }
@@ -163,12 +155,8 @@ impl Journal {
 
 #[derive(Serialize, Deserialize)]
 struct JournalRecord {
-    version: u32,
-    sync_id: String,
-    plan_id: String,
-    from_root: String,
-    to_root: String,
-    preserve_owner: bool,
+    #[serde(flatten)]
+    head: JournalHead,
     ops: Vec<JournalOp>,
 }
 
@@ -273,8 +261,11 @@ fn parse_path(text: &str) -> Result<RelPath, String> {
 
 impl JournalRecord {
     fn into_journal(self) -> Result<Journal, String> {
-        if self.version != VERSION_JSON {
-            return Err(format!("format version {} (this build reads {VERSION_JSON} and {VERSION})", self.version));
+        if self.head.version != VERSION_JSON {
+            return Err(format!(
+                "format version {} (this build reads {VERSION_JSON} and {VERSION})",
+                self.head.version
+            ));
         }
         let old = |h: &Option<String>| h.as_deref().map(parse_hash).transpose();
         let mut ops = Vec::with_capacity(self.ops.len());
@@ -312,16 +303,7 @@ impl JournalRecord {
                 }
             });
         }
-        let head = JournalHead {
-            version: self.version,
-            sync_id: self.sync_id,
-            plan_id: self.plan_id,
-            from_root: self.from_root,
-            to_root: self.to_root,
-            preserve_owner: self.preserve_owner,
-            ops: None,
-        };
-        head.into_journal(ops)
+        self.head.into_journal(ops)
     }
 }
 
@@ -336,10 +318,22 @@ struct JournalHead {
     preserve_owner: bool,
     /// How many ops follow (format 2 only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    ops: Option<u64>,
+    op_count: Option<u64>,
 }
 
 impl JournalHead {
+    fn of(journal: &Journal, version: u32, op_count: Option<u64>) -> Self {
+        Self {
+            version,
+            sync_id: journal.sync_id.as_str().to_owned(),
+            plan_id: journal.plan_id.to_string(),
+            from_root: journal.from_root.to_hex(),
+            to_root: journal.to_root.to_hex(),
+            preserve_owner: journal.preserve_owner,
+            op_count,
+        }
+    }
+
     /// The journal, once the ops are known to make the plan the head names.
     fn into_journal(self, ops: Vec<(Op, Option<Hash>)>) -> Result<Journal, String> {
         let stored: PlanId = self.plan_id.parse().map_err(|e: manifest::plan::ParsePlanIdError| e.to_string())?;
@@ -628,15 +622,7 @@ mod tests {
     /// older build leaves behind.
     fn write_format_1(journal: &Journal, tree_state_dir: &Path) {
         let ops: Vec<JournalOp> = journal.ops.iter().map(|(op, old)| journal_op(op, *old)).collect();
-        let record = JournalRecord {
-            version: VERSION_JSON,
-            sync_id: journal.sync_id.as_str().to_owned(),
-            plan_id: journal.plan_id.to_string(),
-            from_root: journal.from_root.to_hex(),
-            to_root: journal.to_root.to_hex(),
-            preserve_owner: journal.preserve_owner,
-            ops,
-        };
+        let record = JournalRecord { head: JournalHead::of(journal, VERSION_JSON, None), ops };
         std::fs::write(Journal::path(tree_state_dir), serde_json::to_vec(&record).unwrap()).unwrap();
     }
 
