@@ -6,12 +6,15 @@
 //! op goes: a `WriteFile` or `Symlink` op has an entry named by its index in the
 //! plan, in subdirectories of [`ENTRIES_PER_DIR`] entries ([`entry_name`]); a
 //! subtree the plan creates is built whole under `tree/` at its own paths
-//! ([`crate::layout::staged_path`]), its directories made when staging starts. A file is streamed into its
-//! entry while BLAKE3 hashes it; a wrong size or hash removes the entry and fails
-//! with [`StageError::HashMismatch`] / [`StageError::ShortContent`] /
-//! [`StageError::TooLong`]. The final mode, mtime (and owner when asked) are set
-//! on the staged inode, so the rename that publishes it changes nothing else.
-//! [`Staging::finish`] makes the whole set durable with one `syncfs`.
+//! ([`crate::layout::staged_path`]), each directory made when the first entry in
+//! it is staged (the rest, empty ones, by [`Staging::finish`]). A file is
+//! created with its final mode and streamed into its entry while BLAKE3 hashes
+//! it; a wrong size or hash removes the entry and fails with
+//! [`StageError::HashMismatch`] / [`StageError::ShortContent`] /
+//! [`StageError::TooLong`]. The owner (when asked) and mode are then set where
+//! creating the inode did not give them, and the mtime last, so the rename that
+//! publishes it changes nothing else. [`Staging::finish`] makes the whole set
+//! durable with one `syncfs`.
 //!
 //! This module does not fetch from peers (the daemon feeds [`StagedWriter`] from
 //! its streams) and does not switch anything into the tree ([`crate::apply`]).
@@ -28,9 +31,9 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::history::SyncId;
-use crate::layout::{Layout, Place, TREE_DIR, staged_path};
+use crate::layout::{Layout, Place, staged_path};
 use crate::trash::Trash;
-use crate::tree_fs::{TreeFsError, TreeRoot, io_error, mtime_only, set_inode_meta};
+use crate::tree_fs::{EntryStat, TreeFsError, TreeRoot, io_error, mtime_only, set_inode_meta};
 
 /// Where staging directories live, relative to the tree root.
 pub const STAGING_DIR: &str = ".stagingd/staging";
@@ -71,6 +74,10 @@ pub struct Staging {
     dir: Arc<OwnedFd>,
     preserve_owner: bool,
     layout: Layout,
+    /// The staged name of every directory of the plan's new subtrees, in plan
+    /// order, with the owner to give it: made by [`Staging::finish`] if staging
+    /// their entries did not.
+    new_dirs: Vec<(Vec<u8>, Option<Owner>)>,
     /// The staging directory's host path as shown in messages (made once: staged
     /// files name themselves only when something fails).
     shown_dir: Arc<str>,
@@ -145,26 +152,36 @@ fn spread_subdirectories(dir: &OwnedFd) {
     }
 }
 
-/// Runs `create` (which makes op `index`'s entry), first making the entry's
-/// subdirectory if `create` finds it missing.
-fn in_entry_dir<T>(dir: &OwnedFd, index: usize, create: impl Fn() -> Result<T, Errno>) -> Result<T, Errno> {
-    match create() {
-        Err(Errno::NOENT) => {
-            match rustix::fs::mkdirat(dir, (index / ENTRIES_PER_DIR).to_string().as_str(), Mode::from_raw_mode(0o700)) {
-                Ok(()) | Err(Errno::EXIST) => {}
-                Err(e) => return Err(e),
-            }
-            create()
+/// Makes the missing directories above `name` in `dir` (0700), nearest last.
+fn make_parents(dir: &OwnedFd, name: &[u8]) -> Result<(), Errno> {
+    let mkdir = |name: &[u8]| match rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700)) {
+        Ok(()) | Err(Errno::EXIST) => Ok(()),
+        Err(e) => Err(e),
+    };
+    // Up from the parent until a directory exists (or is made), then down.
+    let mut missing = Vec::new();
+    let mut end = name.len();
+    while let Some(slash) = name[..end].iter().rposition(|&b| b == b'/') {
+        match mkdir(&name[..slash]) {
+            Ok(()) => break,
+            Err(Errno::NOENT) => missing.push(slash),
+            Err(e) => return Err(e),
         }
-        other => other,
+        end = slash;
     }
+    missing.iter().rev().try_for_each(|&slash| mkdir(&name[..slash]))
 }
 
 impl Staging {
     /// Creates (or reopens) `<root>/.stagingd/staging/<sync_id>/` for the plan
-    /// with these `ops`, with the directories of the subtrees it creates.
-    /// `preserve_owner`: set each staged inode's owner and group from the plan
-    /// (only possible as root).
+    /// with these `ops`. `preserve_owner`: set each staged inode's owner and group
+    /// from the plan (only possible as root).
+    ///
+    /// The directories of the subtrees the plan creates are not made here, so
+    /// the fetch starts at once: each is made (0700) when the first entry inside
+    /// it is staged, by whichever stream stages it, and [`Staging::finish`]
+    /// makes the rest (empty ones) and sets their owners. Their modes and mtimes
+    /// are set in the tree, by the switch, once they are full.
     pub fn create(root: &Path, sync_id: &SyncId, preserve_owner: bool, ops: &[Op]) -> Result<Self, StageError> {
         let tree = TreeRoot::open(root)?;
         let rel = Self::rel_dir(sync_id);
@@ -172,41 +189,39 @@ impl Staging {
         spread_subdirectories(&dir);
         let mut staging = Self::with_dir(tree, sync_id, rel, dir, preserve_owner, false);
         staging.layout = Layout::of(ops.iter());
-        staging.make_new_dirs(ops)?;
+        staging.new_dirs = ops
+            .iter()
+            .enumerate()
+            .filter(|&(index, _)| staging.layout.place(index) != Place::Entry)
+            .filter_map(|(_, op)| match op {
+                Op::MkDir { path, meta } => Some((staged_path(path), staging.owner(meta.owner))),
+                _ => None,
+            })
+            .collect();
         Ok(staging)
     }
 
-    /// Makes every directory of the plan's new subtrees in `tree/`, parents first
-    /// (0700: their modes and mtimes are set in the tree once they are full), and
-    /// the directories above each subtree's top. Owners are set here: nothing
-    /// else in a sync touches these directories before the switch.
-    fn make_new_dirs(&self, ops: &[Op]) -> Result<(), StageError> {
-        let mkdir = |name: &[u8]| match rustix::fs::mkdirat(&*self.dir, name, Mode::from_raw_mode(0o700)) {
-            Ok(()) | Err(Errno::EXIST) => Ok(()),
-            Err(e) => Err(io_error("create staged directory", self.shown(name), e)),
-        };
-        let mut made_tree_dir = false;
-        for (index, op) in ops.iter().enumerate() {
-            let (Op::MkDir { path, meta }, place) = (op, self.layout.place(index)) else { continue };
-            if place == Place::NewTree {
-                if !made_tree_dir {
-                    mkdir(TREE_DIR.as_bytes())?;
-                    made_tree_dir = true;
-                }
-                // The directories above it: `tree/<parent>` one component at a time.
-                let mut above = TREE_DIR.as_bytes().to_vec();
-                for name in path.parent().iter().flat_map(RelPath::components) {
-                    above.push(b'/');
-                    above.extend_from_slice(name);
-                    mkdir(&above)?;
-                }
+    /// Makes every directory of the plan's new subtrees that staging their
+    /// entries did not (parents first, as the plan lists them), and sets the
+    /// owners of all of them. Nothing else in a sync touches these directories
+    /// before the switch.
+    fn make_new_dirs(&self) -> Result<(), StageError> {
+        for (name, owner) in &self.new_dirs {
+            let made = match rustix::fs::mkdirat(&*self.dir, name.as_slice(), Mode::from_raw_mode(0o700)) {
+                Err(Errno::NOENT) => make_parents(&self.dir, name)
+                    .and_then(|()| rustix::fs::mkdirat(&*self.dir, name.as_slice(), Mode::from_raw_mode(0o700))),
+                made => made,
+            };
+            match made {
+                Ok(()) | Err(Errno::EXIST) => {}
+                Err(e) => return Err(io_error("create staged directory", self.shown(name), e).into()),
             }
-            if place == Place::Entry {
-                continue;
-            }
-            let name = staged_path(path);
-            mkdir(&name)?;
-            if let Some(owner) = self.owner(meta.owner) {
+            let Some(owner) = owner else { continue };
+            let shown = || self.shown(name);
+            let found = crate::tree_fs::lstat_at(&self.dir, name)
+                .map_err(|e| io_error("stat staged directory", shown(), e))?
+                .ok_or_else(|| io_error("stat staged directory", shown(), Errno::NOENT))?;
+            if (found.uid, found.gid) != (owner.uid, owner.gid) {
                 rustix::fs::chownat(
                     &*self.dir,
                     name.as_slice(),
@@ -214,7 +229,7 @@ impl Staging {
                     Some(rustix::fs::Gid::from_raw(owner.gid)),
                     AtFlags::SYMLINK_NOFOLLOW,
                 )
-                .map_err(|e| io_error("set owner of staged directory", self.shown(&name), e))?;
+                .map_err(|e| io_error("set owner of staged directory", shown(), e))?;
             }
         }
         Ok(())
@@ -233,13 +248,15 @@ impl Staging {
         }
     }
 
-    /// Runs `create` (which makes op `index`'s staged entry), making the entry's
-    /// subdirectory first if `create` finds it missing. A new subtree's
-    /// directories were all made by [`Staging::create`].
-    fn creating<T>(&self, index: usize, create: impl Fn() -> Result<T, Errno>) -> Result<T, Errno> {
-        match self.layout.place(index) {
-            Place::Entry => in_entry_dir(&self.dir, index, create),
-            Place::NewTree | Place::InNewTree => create(),
+    /// Runs `create` (which makes `name`, op `index`'s staged entry), first
+    /// making the directories above it if `create` finds them missing.
+    fn creating<T>(&self, name: &[u8], create: impl Fn() -> Result<T, Errno>) -> Result<T, Errno> {
+        match create() {
+            Err(Errno::NOENT) => {
+                make_parents(&self.dir, name)?;
+                create()
+            }
+            other => other,
         }
     }
 
@@ -262,6 +279,7 @@ impl Staging {
             dir,
             preserve_owner,
             layout: Layout::default(),
+            new_dirs: Vec::new(),
             durable: AtomicBool::new(durable),
         }
     }
@@ -306,16 +324,22 @@ impl Staging {
         self.durable.store(false, Ordering::SeqCst);
         let name = self.staged_name(index, path);
         let dir = Arc::clone(&self.dir);
-        let fd = self
-            .creating(index, || {
-                rustix::fs::openat(
-                    &dir,
-                    name.as_slice(),
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )
-            })
-            .map_err(|e| io_error("create staged file", self.shown(&name), e))?;
+        // A new inode with the final mode (less the umask): usually nothing is left
+        // for `finish` to change but the mtime. Nobody else can reach it: staging
+        // directories are 0700. What is already there (an earlier attempt) goes.
+        let create = || {
+            rustix::fs::openat(
+                &dir,
+                name.as_slice(),
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(file.mode & 0o7777),
+            )
+        };
+        let fd = match self.creating(&name, create) {
+            Err(Errno::EXIST) => rustix::fs::unlinkat(&dir, name.as_slice(), AtFlags::empty()).and_then(|()| create()),
+            created => created,
+        }
+        .map_err(|e| io_error("create staged file", self.shown(&name), e))?;
         Ok(StagedWriter {
             dir,
             flusher: Arc::clone(&self.flusher),
@@ -406,7 +430,7 @@ impl Staging {
             Err(e) => return Err(io_error("stage symlink", shown, e).into()),
         }
         let target = std::ffi::OsStr::from_bytes(&link.target);
-        self.creating(index, || rustix::fs::symlinkat(target, &self.dir, name.as_slice()))
+        self.creating(&name, || rustix::fs::symlinkat(target, &self.dir, name.as_slice()))
             .map_err(|e| io_error("stage symlink", format!("{shown} (for {path})"), e))?;
         if let Some(owner) = self.owner(link.owner) {
             rustix::fs::chownat(
@@ -423,8 +447,10 @@ impl Staging {
         Ok(())
     }
 
-    /// Makes every staged entry durable with one `syncfs` of the tree's filesystem.
+    /// Makes the new subtrees' remaining directories, then every staged entry
+    /// durable with one `syncfs` of the tree's filesystem.
     pub fn finish(&self) -> Result<(), StageError> {
+        self.make_new_dirs()?;
         self.tree.syncfs()?;
         self.durable.store(true, Ordering::SeqCst);
         Ok(())
@@ -537,7 +563,10 @@ impl StagedWriter {
             return Err(StageError::HashMismatch { path: self.path.clone(), expected: self.expected.hash, actual });
         }
         let file = self.file.take().expect("the file is open until finish");
-        set_inode_meta(&file, self.expected.mode, self.expected.mtime, self.owner)
+        rustix::fs::fstat(&file)
+            .and_then(|st| {
+                set_inode_meta(&file, &EntryStat::from_stat(&st), self.expected.mode, self.expected.mtime, self.owner)
+            })
             .map_err(|e| io_error("set metadata of staged file", shown_in(&self.shown_dir, &self.name), e))?;
         self.flusher.staged(self.written);
         // Done: keep the entry (Drop removes it only while `file` is still open).

@@ -349,23 +349,29 @@ pub(crate) fn mtime_only(t: Timestamp) -> Timestamps {
     Timestamps { last_access: Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_OMIT }, last_modification: timespec(t) }
 }
 
-/// Sets owner (when `owner` is given), mode and mtime on an open inode, in that
-/// order: `chown` clears set-id bits, and any change moves the mtime, so the mode
-/// comes after the owner and the mtime last.
+/// Sets owner (when `owner` is given), mode and mtime on an open inode whose
+/// `lstat` is `found`, in that order: `chown` clears set-id bits, and any change
+/// moves the mtime, so the mode comes after the owner and the mtime last. An
+/// owner or mode that `found` already has is not set again: each change is a
+/// journaled inode update, and a staged file is usually created with both.
 pub(crate) fn set_inode_meta(
     fd: impl AsFd,
+    found: &EntryStat,
     mode: u32,
     mtime: Timestamp,
     owner: Option<manifest::Owner>,
 ) -> Result<(), Errno> {
-    if let Some(owner) = owner {
+    let chown = owner.filter(|owner| (found.uid, found.gid) != (owner.uid, owner.gid));
+    if let Some(owner) = chown {
         rustix::fs::fchown(
             &fd,
             Some(rustix::fs::Uid::from_raw(owner.uid)),
             Some(rustix::fs::Gid::from_raw(owner.gid)),
         )?;
     }
-    rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
+    if chown.is_some() || found.mode != mode & 0o7777 {
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
+    }
     rustix::fs::futimens(&fd, &mtime_only(mtime))
 }
 
@@ -389,7 +395,7 @@ pub(crate) fn set_meta_at(
             if found.kind != kind {
                 return Err(Errno::NOTDIR);
             }
-            set_inode_meta(fd, mode, mtime, owner)
+            set_inode_meta(fd, &found, mode, mtime, owner)
         }
         Err(Errno::ACCESS) => {
             match lstat_at(&dir, name)? {

@@ -639,6 +639,54 @@ fn content_that_does_not_match_its_hash_is_never_staged() {
 }
 
 #[test]
+fn a_staged_file_gets_every_mode_bit_whatever_the_umask_and_replaces_an_earlier_attempt() {
+    // A staged file is created with its final mode, less what the umask masks:
+    // those bits are set again. (nextest runs each test in a process of its own.)
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+    let f = Fixture::standard();
+    let staging = Staging::create(&f.root, &SyncId::new("s1-x".into()).unwrap(), false, &[]).unwrap();
+    let path = rel(b"x.php");
+    let mode_of = |index: usize| {
+        let st = fs::symlink_metadata(staging.path().join(sync::stage::entry_name(index))).unwrap();
+        st.permissions().mode() & 0o7777
+    };
+    for (index, mode) in [0o666, 0o777, 0o4755, 0o2755, 0o1775, 0o600, 0o444].into_iter().enumerate() {
+        let meta = manifest::FileMeta { mode, ..meta_of(b"content") };
+        staging.stage_file(index, &path, &meta, &b"content"[..]).unwrap();
+        assert_eq!(mode_of(index), mode, "{mode:o}");
+    }
+    // An entry left by an earlier attempt (read-only, index 6) is replaced, not reused.
+    let meta = manifest::FileMeta { mode: 0o640, ..meta_of(b"second") };
+    staging.stage_file(6, &path, &meta, &b"second"[..]).unwrap();
+    assert_eq!(fs::read(staging.path().join(sync::stage::entry_name(6))).unwrap(), b"second");
+    assert_eq!(mode_of(6), 0o640);
+}
+
+#[test]
+fn empty_directories_of_new_subtrees_are_made_when_staging_finishes() {
+    // Directories with nothing staged in them, one under a directory that exists
+    // (so its staged parents are made too), one in a subtree that also has a file.
+    let old = [E::Dir(b"keep", 0o755), E::File(b"keep/a", b"a", 0o644, 1_000)];
+    let new = [
+        E::Dir(b"keep", 0o755),
+        E::File(b"keep/a", b"a", 0o644, 1_000),
+        E::Dir(b"keep/empty", 0o750),
+        E::Dir(b"keep/empty/deeper", 0o700),
+        E::Dir(b"top", 0o755),
+        E::Dir(b"top/only_dirs/x", 0o755),
+        E::File(b"top/f", b"f", 0o644, 1_000),
+    ];
+    let f = Fixture::new(&old, &new);
+    let (old, plan, staging) = f.stage();
+    for dir in ["tree/keep/empty/deeper", "tree/top/only_dirs/x"] {
+        assert!(staging.path().join(dir).is_dir(), "{dir} staged");
+    }
+    apply(&f.root, &f.state, &old, &plan, &staging, &ApplyOptions::default()).unwrap();
+    assert_eq!(scan(&f.root).root_hash(), scan(&f.src).root_hash());
+    assert!(f.staging_is_empty());
+}
+
+#[test]
 fn local_copy_that_changed_since_it_was_hashed_is_rejected() {
     let f = Fixture::standard();
     let staging = Staging::create(&f.root, &SyncId::new("s1-x".into()).unwrap(), false, &[]).unwrap();
@@ -661,6 +709,9 @@ fn owners_are_reproduced_when_running_as_root() {
     let old = scan(&f.root);
     std::os::unix::fs::lchown(f.src.join("update.txt"), Some(1234), Some(5678)).unwrap();
     std::os::unix::fs::lchown(f.src.join("link_change"), Some(1234), Some(5678)).unwrap();
+    // In a new subtree: a directory made as its entries were staged, and a file in it.
+    std::os::unix::fs::lchown(f.src.join("new_dir/deep"), Some(1234), Some(5678)).unwrap();
+    std::os::unix::fs::lchown(f.src.join("new_dir/deep/new.txt"), Some(4321), Some(8765)).unwrap();
     let target = scan(&f.src);
     let plan = diff(&old, &target);
     let staging = Staging::create(&f.root, &SyncId::generate(1, plan.id), true, &plan.ops).unwrap();
@@ -669,10 +720,19 @@ fn owners_are_reproduced_when_running_as_root() {
     let options = ApplyOptions { preserve_owner: true, step_hook: None };
     apply(&f.root, &f.state, &old, &plan, &staging, &options).unwrap();
     use std::os::unix::fs::MetadataExt;
-    for name in ["update.txt", "link_change"] {
+    for (name, owner) in [
+        ("update.txt", (1234, 5678)),
+        ("link_change", (1234, 5678)),
+        ("new_dir/deep", (1234, 5678)),
+        ("new_dir/deep/new.txt", (4321, 8765)),
+        ("new_dir", (0, 0)),
+    ] {
         let st = fs::symlink_metadata(f.root.join(name)).unwrap();
-        assert_eq!((st.uid(), st.gid()), (1234, 5678), "{name}");
+        assert_eq!((st.uid(), st.gid()), owner, "{name}");
     }
+    // The modes survive the owner changes (a chown may clear set-id bits).
+    let mode = |name: &str| fs::symlink_metadata(f.root.join(name)).unwrap().permissions().mode() & 0o7777;
+    assert_eq!((mode("new_dir/deep"), mode("new_dir/deep/new.txt")), (0o555, 0o444));
 }
 
 #[test]

@@ -1,0 +1,94 @@
+#!/bin/bash
+# Quick re-measure of the full copy, one change at a time: daemon a serves a `cp -al` of the
+# reference tree, and each run starts daemon b on an empty tree and times one
+# `stagingctl sync --from a`. Per run it prints the wall time, the CPU each daemon spent on
+# the sync (utime + stime from /proc/PID/stat), b's peak RSS and b's phase log lines.
+# The comparison against rsync and the copy floor is bench/sync.sh; this is for profiling.
+#
+#   bench/full-copy-quick.sh [--runs N] [--workdir DIR] [--files N]
+#
+# Env: PERF=1 records `perf record $PERFARGS -p <b>` over each sync into WORKDIR/quick/perf.N.data
+# (PERFARGS defaults to "--call-graph dwarf,16384 -F 400"; PERFPID=a profiles the source,
+# PERFPID=all the whole machine).
+# WORKDIR should be on a journaled filesystem (see bench/analysis.md, "Noise and method").
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+runs=3 workdir=${TMPDIR:-/tmp}/stagingd-bench files=150000
+while (($#)); do
+    case $1 in
+    --runs) runs=$2 && shift 2 ;;
+    --workdir) workdir=$2 && shift 2 ;;
+    --files) files=$2 && shift 2 ;;
+    *) die "unknown argument $1 (usage: $0 [--runs N] [--workdir DIR] [--files N])" ;;
+    esac
+done
+repo=$(bench_repo_root)
+build_daemon_binaries "$repo"
+mkdir -p "$workdir"
+tree=$(ensure_tree "$files" 1 "$workdir")
+out=$workdir/quick
+[[ -d $out ]] && rm -rf "$out"
+mkdir -p "$out/a/state" "$out/b"
+cp -al "$tree" "$out/a/tree"
+port_a=$(free_port) port_b=$(free_port)
+pid_a="" pid_b=""
+cleanup() {
+    [[ -n $pid_a ]] && kill -TERM "$pid_a" 2>/dev/null
+    [[ -n $pid_b ]] && kill -TERM "$pid_b" 2>/dev/null
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+ready() {
+    for _ in $(seq 1 3000); do
+        "$ctl" --admin-socket "$1" status --json 2>/dev/null | grep -q '"readiness": "ready"' && return 0
+        sleep 0.1
+    done
+    die "daemon on $1 not ready after 5 minutes"
+}
+
+RUST_LOG=info "$stagingd" --name a --root "$out/a/tree" --state-dir "$out/a/state" \
+    --listen "127.0.0.1:$port_a" --admin-socket "$out/a.sock" >"$out/a.log" 2>&1 &
+pid_a=$!
+ready "$out/a.sock"
+"$ctl" --admin-socket "$out/a.sock" pool serve --bootstrap --reason quick-bench >/dev/null
+warm=$(warm_read_cmd "$out/a/tree")
+
+for ((r = 1; r <= runs; r++)); do
+    if [[ -n $pid_b ]]; then
+        kill -TERM "$pid_b" && wait "$pid_b" || true
+        pid_b=""
+    fi
+    rm -rf "$out/b"
+    mkdir -p "$out/b/state" "$out/b/tree"
+    RUST_LOG="info,sync=debug" "$stagingd" --name b --root "$out/b/tree" --state-dir "$out/b/state" \
+        --listen "127.0.0.1:$port_b" --admin-socket "$out/b.sock" --peer "a=http://127.0.0.1:$port_a" \
+        >"$out/b.$r.log" 2>&1 &
+    pid_b=$!
+    ready "$out/b.sock"
+    sync
+    sh -c "$warm"
+    perf_pid=""
+    if [[ ${PERF:-0} == 1 ]]; then
+        target=(-p "$pid_b")
+        [[ ${PERFPID:-b} == a ]] && target=(-p "$pid_a")
+        [[ ${PERFPID:-b} == all ]] && target=(-a)
+        # shellcheck disable=SC2086 # PERFARGS is a list of perf options
+        perf record ${PERFARGS:---call-graph dwarf,16384 -F 400} -o "$out/perf.$r.data" "${target[@]}" 2>"$out/perf.$r.log" &
+        perf_pid=$!
+        sleep 1 # perf attaches asynchronously; nothing here waits on its output
+    fi
+    cpu_a0=$(proc_cpu_ticks "$pid_a") cpu_b0=$(proc_cpu_ticks "$pid_b")
+    : >"$out/times"
+    time_cmd "$out/times" "$ctl" --admin-socket "$out/b.sock" sync --from a --json >"$out/sync.$r.json"
+    cpu_a1=$(proc_cpu_ticks "$pid_a") cpu_b1=$(proc_cpu_ticks "$pid_b")
+    [[ -n $perf_pid ]] && kill -INT "$perf_pid" && wait "$perf_pid" || true
+    grep -q '"outcome": "applied"' "$out/sync.$r.json" || die "run $r: sync not applied; see $out/sync.$r.json and $out/b.$r.log"
+    tick=$(getconf CLK_TCK)
+    printf 'run %d: %s s wall; cpu a %s s, b %s s; b peak RSS %s KiB\n' "$r" "$(cat "$out/times")" \
+        "$(awk -v d=$((cpu_a1 - cpu_a0)) -v t="$tick" 'BEGIN { printf "%.2f", d / t }')" \
+        "$(awk -v d=$((cpu_b1 - cpu_b0)) -v t="$tick" 'BEGIN { printf "%.2f", d / t }')" \
+        "$(proc_status_kib "$pid_b" VmHWM)"
+    grep -E 'planned|staged|fetched|apply' "$out/b.$r.log" | sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^/    /' | cut -c1-220
+done
