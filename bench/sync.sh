@@ -229,6 +229,13 @@ log "reference root: stagingctl manifest $tree --json"
 ref_root=$(jget "$BENCH_OUT/reference.json" 'j["root"]')
 ref_files=$(jget "$BENCH_OUT/reference.json" 'j["files"]')
 ref_bytes=$(jget "$BENCH_OUT/reference.json" 'j["bytes"]')
+# The copies need inodes as well as space (an earlier run ran out of inodes halfway through
+# a tar copy with 1.2 GB free): a's directories, b's copy, rsync's and tar's, with a margin.
+ref_entries=$(jget "$BENCH_OUT/reference.json" 'j["files"] + j["dirs"] + j["symlinks"]')
+need_inodes=$((ref_entries * 7 / 2)) free_inodes=$(df -Pi "$workdir" | awk 'NR == 2 {print $4}')
+if [[ $free_inodes =~ ^[0-9]+$ ]] && ((free_inodes < need_inodes)); then
+    die "$workdir has $free_inodes free inodes; the copies need ~$need_inodes ($ref_entries entries in the tree, ~3.5x): free some (df -i $workdir) or use a bigger filesystem"
+fi
 log "copying the tree for daemon a: cp -al $tree $A"
 cp -al "$tree" "$A"
 mkdir -p "$B"
