@@ -248,8 +248,8 @@ impl Staging {
         }
     }
 
-    /// Runs `create` (which makes `name`, op `index`'s staged entry), first
-    /// making the directories above it if `create` finds them missing.
+    /// Runs `create` (which makes the staged entry `name`), first making the
+    /// directories above it if `create` finds them missing.
     fn creating<T>(&self, name: &[u8], create: impl Fn() -> Result<T, Errno>) -> Result<T, Errno> {
         match create() {
             Err(Errno::NOENT) => {
@@ -324,15 +324,16 @@ impl Staging {
         self.durable.store(false, Ordering::SeqCst);
         let name = self.staged_name(index, path);
         let dir = Arc::clone(&self.dir);
-        // A new inode with the final mode (less the umask): usually nothing is left
-        // for `finish` to change but the mtime. Nobody else can reach it: staging
+        // A new inode with its final permission bits (less the umask): usually
+        // nothing is left for `finish` to change but the mtime. Set-id bits wait
+        // until the content is verified. Nobody else can reach the inode: staging
         // directories are 0700. What is already there (an earlier attempt) goes.
         let create = || {
             rustix::fs::openat(
                 &dir,
                 name.as_slice(),
                 OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::from_raw_mode(file.mode & 0o7777),
+                Mode::from_raw_mode(file.mode & 0o777),
             )
         };
         let fd = match self.creating(&name, create) {

@@ -350,7 +350,7 @@ pub(crate) fn mtime_only(t: Timestamp) -> Timestamps {
 }
 
 /// Sets owner (when `owner` is given), mode and mtime on an open inode whose
-/// `lstat` is `found`, in that order: `chown` clears set-id bits, and any change
+/// stat is `found`, in that order: `chown` clears set-id bits, and any change
 /// moves the mtime, so the mode comes after the owner and the mtime last. An
 /// owner or mode that `found` already has is not set again: each change is a
 /// journaled inode update, and a staged file is usually created with both.

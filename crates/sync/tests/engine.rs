@@ -640,8 +640,9 @@ fn content_that_does_not_match_its_hash_is_never_staged() {
 
 #[test]
 fn a_staged_file_gets_every_mode_bit_whatever_the_umask_and_replaces_an_earlier_attempt() {
-    // A staged file is created with its final mode, less what the umask masks:
-    // those bits are set again. (nextest runs each test in a process of its own.)
+    // A staged file is created with its final permission bits, less what the
+    // umask masks; those, and set-id bits, are set once its content is verified.
+    // (nextest runs each test in a process of its own.)
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     let f = Fixture::standard();
     let staging = Staging::create(&f.root, &SyncId::new("s1-x".into()).unwrap(), false, &[]).unwrap();
@@ -655,6 +656,13 @@ fn a_staged_file_gets_every_mode_bit_whatever_the_umask_and_replaces_an_earlier_
         staging.stage_file(index, &path, &meta, &b"content"[..]).unwrap();
         assert_eq!(mode_of(index), mode, "{mode:o}");
     }
+    // Content not yet verified never carries set-id bits.
+    let meta = manifest::FileMeta { mode: 0o6755, ..meta_of(b"content") };
+    let mut writer = staging.writer(7, &path, &meta).unwrap();
+    writer.write_chunk(b"content").unwrap();
+    assert_eq!(mode_of(7) & 0o7000, 0, "set-id bits before the hash is checked");
+    writer.finish().unwrap();
+    assert_eq!(mode_of(7), 0o6755);
     // An entry left by an earlier attempt (read-only, index 6) is replaced, not reused.
     let meta = manifest::FileMeta { mode: 0o640, ..meta_of(b"second") };
     staging.stage_file(6, &path, &meta, &b"second"[..]).unwrap();
