@@ -207,12 +207,7 @@ impl Staging {
     /// before the switch.
     fn make_new_dirs(&self) -> Result<(), StageError> {
         for (name, owner) in &self.new_dirs {
-            let made = match rustix::fs::mkdirat(&*self.dir, name.as_slice(), Mode::from_raw_mode(0o700)) {
-                Err(Errno::NOENT) => make_parents(&self.dir, name)
-                    .and_then(|()| rustix::fs::mkdirat(&*self.dir, name.as_slice(), Mode::from_raw_mode(0o700))),
-                made => made,
-            };
-            match made {
+            match self.creating(name, || rustix::fs::mkdirat(&*self.dir, name.as_slice(), Mode::from_raw_mode(0o700))) {
                 Ok(()) | Err(Errno::EXIST) => {}
                 Err(e) => return Err(io_error("create staged directory", self.shown(name), e).into()),
             }
