@@ -2,14 +2,16 @@
 # Quick re-measure of the full copy, one change at a time: daemon a serves a `cp -al` of the
 # reference tree, and each run starts daemon b on an empty tree and times one
 # `stagingctl sync --from a`. Per run it prints the wall time, the CPU each daemon spent on
-# the sync (utime + stime from /proc/PID/stat), b's peak RSS and b's phase log lines.
+# the sync (utime + stime from /proc/PID/stat), both daemons' peak RSS over the sync and b's phase log lines;
+# RSS=1 writes both daemons' RSS in KiB every 100 ms to WORKDIR/quick/rss.N.txt.
 # The comparison against rsync and the copy floor is bench/sync.sh; this is for profiling.
 #
 #   bench/full-copy-quick.sh [--runs N] [--workdir DIR] [--files N]
 #
 # Env: PERF=1 records `perf record $PERFARGS -p <b>` over each sync into WORKDIR/quick/perf.N.data
 # (PERFARGS defaults to "--call-graph dwarf,16384 -F 400"; PERFPID=a profiles the source,
-# PERFPID=all the whole machine).
+# PERFPID=all the whole machine). BWRAP="heaptrack -o FILE" runs daemon b under that
+# command (its peak RSS line is then the wrapper's).
 # WORKDIR should be on a journaled filesystem (see bench/analysis.md, "Noise and method").
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -43,6 +45,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# vm_rss PID: the process's resident size in KiB, read without a fork.
+vm_rss() {
+    local key value _
+    while read -r key value _; do
+        [[ $key == VmRSS: ]] && printf '%s' "$value" && return
+    done <"/proc/$1/status"
+}
+
 ready() {
     for _ in $(seq 1 3000); do
         "$ctl" --admin-socket "$1" status --json 2>/dev/null | grep -q '"readiness": "ready"' && return 0
@@ -65,7 +75,8 @@ for ((r = 1; r <= runs; r++)); do
     fi
     rm -rf "$out/b"
     mkdir -p "$out/b/state" "$out/b/tree"
-    RUST_LOG="info,sync=debug" "$stagingd" --name b --root "$out/b/tree" --state-dir "$out/b/state" \
+    # shellcheck disable=SC2086 # BWRAP is a command line (e.g. "heaptrack -o FILE")
+    RUST_LOG="info,sync=debug" ${BWRAP:-} "$stagingd" --name b --root "$out/b/tree" --state-dir "$out/b/state" \
         --listen "127.0.0.1:$port_b" --admin-socket "$out/b.sock" --peer "a=http://127.0.0.1:$port_a" \
         >"$out/b.$r.log" 2>&1 &
     pid_b=$!
@@ -82,16 +93,29 @@ for ((r = 1; r <= runs; r++)); do
         perf_pid=$!
         sleep 1 # perf attaches asynchronously; nothing here waits on its output
     fi
+    # Peak RSS from here on: writing 5 to clear_refs resets VmHWM to the current RSS.
+    echo 5 >"/proc/$pid_a/clear_refs" && echo 5 >"/proc/$pid_b/clear_refs"
     cpu_a0=$(proc_cpu_ticks "$pid_a") cpu_b0=$(proc_cpu_ticks "$pid_b")
+    rss_pid=""
+    if [[ ${RSS:-0} == 1 ]]; then
+        # Both daemons' resident size every 100 ms, to tell which phase makes the peak
+        # (bash builtins only: a fork per sample would take CPU from the daemons).
+        (while :; do
+            printf '%s %s %s\n' "$EPOCHREALTIME" "$(vm_rss "$pid_a")" "$(vm_rss "$pid_b")"
+            read -rt 0.1 <> <(:) || true
+        done) >"$out/rss.$r.txt" 2>/dev/null &
+        rss_pid=$!
+    fi
     : >"$out/times"
     time_cmd "$out/times" "$ctl" --admin-socket "$out/b.sock" sync --from a --json >"$out/sync.$r.json"
     cpu_a1=$(proc_cpu_ticks "$pid_a") cpu_b1=$(proc_cpu_ticks "$pid_b")
+    [[ -n $rss_pid ]] && kill "$rss_pid" && wait "$rss_pid" 2>/dev/null || true
     [[ -n $perf_pid ]] && kill -INT "$perf_pid" && wait "$perf_pid" || true
     grep -q '"outcome": "applied"' "$out/sync.$r.json" || die "run $r: sync not applied; see $out/sync.$r.json and $out/b.$r.log"
     tick=$(getconf CLK_TCK)
-    printf 'run %d: %s s wall; cpu a %s s, b %s s; b peak RSS %s KiB\n' "$r" "$(cat "$out/times")" \
+    printf 'run %d: %s s wall; cpu a %s s, b %s s; peak RSS a %s KiB, b %s KiB\n' "$r" "$(cat "$out/times")" \
         "$(awk -v d=$((cpu_a1 - cpu_a0)) -v t="$tick" 'BEGIN { printf "%.2f", d / t }')" \
         "$(awk -v d=$((cpu_b1 - cpu_b0)) -v t="$tick" 'BEGIN { printf "%.2f", d / t }')" \
-        "$(proc_status_kib "$pid_b" VmHWM)"
+        "$(proc_status_kib "$pid_a" VmHWM)" "$(proc_status_kib "$pid_b" VmHWM)"
     grep -E 'planned|staged|fetched|apply' "$out/b.$r.log" | sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^/    /' | cut -c1-220
 done

@@ -32,7 +32,10 @@ pub const MAX_DIRS_PER_READ: usize = 4096;
 /// Changes per `ReadChanges` message (a change is ~100 bytes; far below the message limit).
 const CHANGES_PER_MESSAGE: usize = 4096;
 /// Messages buffered per content stream before the reader waits for the network.
-const STREAM_BUFFER: usize = 4;
+/// The connection's HTTP/2 window already holds several; a buffer of 4 messages
+/// (1 MiB each) on each of 4 streams added ~24 MB to a serving daemon's peak RSS
+/// during a full copy (106 → 82 MB at 150,000 files) and was no faster.
+const STREAM_BUFFER: usize = 1;
 
 #[derive(Debug, Clone)]
 pub struct PeerService {

@@ -208,7 +208,8 @@ pub fn apply_to(
         from_root: plan.from_root,
         to_root: plan.to_root,
         preserve_owner: options.preserve_owner,
-        ops: plan.ops.iter().cloned().zip(old_hashes).collect(),
+        ops: std::borrow::Cow::Borrowed(&plan.ops),
+        displaced: old_hashes,
     };
     let mut steps = Steps { done: 0, hook: options.step_hook };
 
@@ -421,7 +422,7 @@ fn switch(
     tree: &TreeRoot,
     staging: &OwnedFd,
     trash: &Trash,
-    journal: &Journal,
+    journal: &Journal<'_>,
     steps: &mut Steps<'_>,
 ) -> Result<Switched, ApplyError> {
     let mut parents = DirCursor::new(tree).map_err(|source| ApplyError::Switch {
@@ -433,8 +434,9 @@ fn switch(
     let mut trashed = Vec::new();
     let mut newly_trashed = 0;
     let owner_of = |owner: manifest::Owner| journal.preserve_owner.then_some(owner);
-    let layout = Layout::of(journal.ops.iter().map(|(op, _)| op));
-    for (index, (op, displaced)) in journal.ops.iter().enumerate() {
+    let layout = Layout::of(journal.ops.iter());
+    for (index, (op, displaced)) in journal.entries().enumerate() {
+        let displaced = displaced.as_ref();
         let path = op.path();
         match layout.place(index) {
             Place::Entry => {}
