@@ -72,7 +72,12 @@ pub struct Journal<'a> {
 
 impl Journal<'_> {
     /// Each op with the hash of the file it displaces.
+    ///
+    /// # Panics
+    /// If `ops` and `displaced` differ in length: a journal that silently left
+    /// out ops would finish only part of a switch.
     pub fn entries(&self) -> impl ExactSizeIterator<Item = (&Op, Option<Hash>)> {
+        assert_eq!(self.ops.len(), self.displaced.len(), "a journal has one displaced hash (or none) per op");
         self.ops.iter().zip(self.displaced.iter().copied())
     }
 
@@ -752,6 +757,27 @@ mod tests {
         let empty = journal_of("s2-test", Vec::new(), false);
         empty.write(dir.path()).unwrap();
         assert_eq!(Journal::read(dir.path()).unwrap().unwrap(), empty);
+    }
+
+    #[test]
+    fn a_journal_written_from_borrowed_ops_reads_back_the_same_ops_and_displaced_hashes() {
+        let owned = journal_of("s5-test", many_ops(1_000), true);
+        let borrowed = Journal { ops: Cow::Borrowed(&owned.ops[..]), ..owned.clone() };
+        let dir = tempfile::tempdir().unwrap();
+        borrowed.write(dir.path()).unwrap();
+        let read = Journal::read(dir.path()).unwrap().unwrap();
+        assert!(matches!(read.ops, Cow::Owned(_)));
+        assert!(read == owned, "the journal read back differs from the one written");
+        assert!(read.entries().eq(owned.entries()));
+    }
+
+    #[test]
+    #[should_panic(expected = "one displaced hash (or none) per op")]
+    fn a_journal_whose_displaced_hashes_do_not_pair_with_its_ops_is_never_written() {
+        let mut journal = journal_of("s6-test", many_ops(10), false);
+        journal.displaced.pop();
+        let dir = tempfile::tempdir().unwrap();
+        let _ = journal.write(dir.path());
     }
 
     #[test]
