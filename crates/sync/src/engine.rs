@@ -453,9 +453,7 @@ async fn fetch_missing<P: PeerSource>(
             if !batch.is_empty() && (batch.len() >= FETCH_BATCH_HASHES || batch_bytes + size > FETCH_BATCH_BYTES) {
                 break;
             }
-            let Op::WriteFile { path, file, .. } = &plan.ops[first] else {
-                unreachable!("only WriteFile ops are fetched")
-            };
+            let (path, file) = by_hash.written(first);
             batch.push(Wanted { hash: file.hash, at: path.clone() });
             batch_bytes += size;
             next += 1;
@@ -481,7 +479,7 @@ async fn fetch_missing<P: PeerSource>(
     };
     let results = futures::stream::iter(batches)
         .map(|batch| {
-            let (staging, plan, ops_by_hash) = (Arc::clone(staging), Arc::clone(plan), Arc::clone(&ops_by_hash));
+            let (staging, ops_by_hash) = (Arc::clone(staging), Arc::clone(&ops_by_hash));
             let (received, files_done) = (Arc::clone(&received), Arc::clone(&files_done));
             let report_progress = &report_progress;
             async move {
@@ -489,7 +487,7 @@ async fn fetch_missing<P: PeerSource>(
                 let mut stream = peer.fetch(batch).await.map_err(|e| e.to_string())?;
                 let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Piece>>(FETCH_QUEUE_MESSAGES);
                 let writer = tokio::task::spawn_blocking(move || {
-                    write_pieces(rx, &staging, &plan, &ops_by_hash, &hashes, &received, &files_done)
+                    write_pieces(rx, &staging, &ops_by_hash, &hashes, &received, &files_done)
                 });
                 let streamed: Result<(), String> = async {
                     loop {
@@ -545,13 +543,16 @@ impl OpsByHash {
                 .filter(|&&index| matches!(plan.ops[index], Op::WriteFile { .. }))
                 .map(|&index| u32::try_from(index).expect("a plan has < 2^32 ops")),
         );
-        by_hash.sort_unstable_by_key(|&index| (written_hash(&plan, index as usize), index));
-        let mut firsts: Vec<u32> = by_hash
-            .chunk_by(|&a, &b| written_hash(&plan, a as usize) == written_hash(&plan, b as usize))
-            .map(|same| same[0])
-            .collect();
+        let hash_at = |index: u32| written_by(&plan, index as usize).1.hash;
+        by_hash.sort_unstable_by_key(|&index| (hash_at(index), index));
+        let mut firsts: Vec<u32> = by_hash.chunk_by(|&a, &b| hash_at(a) == hash_at(b)).map(|same| same[0]).collect();
         firsts.sort_unstable();
         Self { plan, by_hash, firsts }
+    }
+
+    /// The path and file of the op at `index`, one of the `WriteFile` ops indexed here.
+    fn written(&self, index: usize) -> (&RelPath, &manifest::FileMeta) {
+        written_by(&self.plan, index)
     }
 
     /// The first op of each distinct hash, ascending.
@@ -565,16 +566,16 @@ impl OpsByHash {
 
     /// The indices of the ops that write `hash`, ascending; none for a hash not fetched.
     fn ops(&self, hash: Hash) -> impl Iterator<Item = usize> + '_ {
-        let hash_at = |index: u32| written_hash(&self.plan, index as usize);
+        let hash_at = |index: u32| self.written(index as usize).1.hash;
         let start = self.by_hash.partition_point(|&index| hash_at(index) < hash);
         self.by_hash[start..].iter().take_while(move |&&index| hash_at(index) == hash).map(|&index| index as usize)
     }
 }
 
-/// The content hash the `WriteFile` op at `index` writes.
-fn written_hash(plan: &Plan, index: usize) -> Hash {
+/// The path and file of the `WriteFile` op at `index` of `plan`.
+fn written_by(plan: &Plan, index: usize) -> (&RelPath, &manifest::FileMeta) {
     match &plan.ops[index] {
-        Op::WriteFile { file, .. } => file.hash,
+        Op::WriteFile { path, file, .. } => (path, file),
         _ => unreachable!("only WriteFile ops are fetched"),
     }
 }
@@ -584,7 +585,6 @@ fn written_hash(plan: &Plan, index: usize) -> Hash {
 fn write_pieces(
     mut rx: tokio::sync::mpsc::Receiver<Vec<Piece>>,
     staging: &Staging,
-    plan: &Plan,
     ops_by_hash: &OpsByHash,
     batch: &[Hash],
     received: &AtomicU64,
@@ -609,9 +609,7 @@ fn write_pieces(
                 std::collections::hash_map::Entry::Vacant(entry) => {
                     let mut writers = Vec::new();
                     for index in ops_by_hash.ops(piece.hash) {
-                        let Op::WriteFile { path, file, .. } = &plan.ops[index] else {
-                            unreachable!("only WriteFile ops are fetched")
-                        };
+                        let (path, file) = ops_by_hash.written(index);
                         writers.push(staging.writer(index, path, file).map_err(|e| e.to_string())?);
                     }
                     entry.insert((0, writers))
