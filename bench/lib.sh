@@ -188,9 +188,16 @@ bench_out_dir() {
 }
 
 # build_daemon_binaries REPO: builds stagingd and stagingctl in release mode and sets
-# $stagingd and $ctl to them (honouring CARGO_TARGET_DIR).
+# $stagingd and $ctl to them (honouring CARGO_TARGET_DIR). With BENCH_BIN_DIR set, uses the
+# binaries in that directory instead and builds nothing (to measure a build kept aside).
 build_daemon_binaries() {
     local repo=$1 bin_dir
+    if [[ -n ${BENCH_BIN_DIR:-} ]]; then
+        stagingd=$BENCH_BIN_DIR/stagingd ctl=$BENCH_BIN_DIR/stagingctl
+        [[ -x $stagingd && -x $ctl ]] || die "BENCH_BIN_DIR=$BENCH_BIN_DIR holds no stagingd and stagingctl"
+        log "using prebuilt binaries in $BENCH_BIN_DIR (BENCH_BIN_DIR)"
+        return
+    fi
     log "building: cargo build --release -p stagingd -p stagingctl (in $repo)"
     (cd "$repo" && cargo build --release -p stagingd -p stagingctl >&2) || die "cargo build --release -p stagingd -p stagingctl failed"
     bin_dir=${CARGO_TARGET_DIR:-$repo/target}/release

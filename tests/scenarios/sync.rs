@@ -127,6 +127,13 @@ fn a_plan_over_the_delete_threshold_applies_only_with_its_exact_id() {
     let receiver = TestTree::new();
     let Pair { mut a, b } = pair(source.path(), receiver.path());
     serve_bootstrap(&a);
+    // The full copy's plan names each new subtree once; its dry run still
+    // itemizes every entry: 63 files, 8 directories, 2 symlinks.
+    let (code, _, output) = sync(&b, &["--from", "deploy1002", "--dry-run"]);
+    assert_eq!(code, Some(0), "{}", describe(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let count = |op: &str| json["plan"].as_array().unwrap().iter().filter(|item| item["op"] == op).count();
+    assert_eq!((count("create"), count("mkdir"), count("symlink")), (63, 8, 2), "{json}");
     let (code, result, output) = sync(&b, &["--from", "deploy1002"]);
     assert_eq!(code, Some(0), "{}", describe(&output));
     assert_eq!(result["outcome"], "applied");

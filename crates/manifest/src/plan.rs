@@ -7,12 +7,19 @@
 //!
 //! 1. removals of entries whose kind changes (a file that becomes a directory, a
 //!    directory that becomes a symlink), children before parents;
-//! 2. creations and updates in path order, parents before children: `MkDir`,
-//!    `WriteFile`, `SetFileMeta`, `Symlink`;
+//! 2. creations and updates in path order, parents before children: `NewTree`,
+//!    `WriteFile`, `SetFileMeta`, `Symlink` (and `MkDir`, see below);
 //! 3. deletions of entries that are gone from the target, children before parents;
 //! 4. `SetDirMeta` for every directory that was created or whose entries changed,
 //!    children before parents: modes are set last so a read-only directory can
 //!    still be filled, and mtimes after the last entry in them changed.
+//!
+//! A directory the target has where the base has nothing (or another kind) is
+//! one `NewTree` op, which names the target's subtree (shared, not copied)
+//! instead of one op per entry below it: a full copy to an empty master is a
+//! handful of ops, not 184,000 of ~180 bytes each. Only a subtree with a path
+//! longer than [`MAX_NEW_TREE_PATH`] is spelled out as `MkDir` and one op per
+//! entry.
 //!
 //! Ownership rides along on the operations that happen anyway; like directory
 //! mtimes it is not part of any hash, so two trees with equal roots give an empty
@@ -21,6 +28,7 @@
 use std::cmp::Ordering;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use crate::hash::Hash;
 use crate::path::RelPath;
@@ -29,6 +37,12 @@ use crate::tree::{Dir, DirMeta, FileMeta, Kind, Manifest, Node, StatKey, Symlink
 /// Domain-separation context for plan ids.
 pub const PLAN_ID_CONTEXT: &str = "stagingd 2026-11 plan id v1";
 
+/// The longest path a [`Op::NewTree`] subtree may hold. A new subtree is built
+/// whole in a staging directory at its own paths, each opened from there in one
+/// call, and `staging/tree/<path>` must stay under the kernel's `PATH_MAX`
+/// (4,096); a subtree with a longer path is planned as one op per entry.
+pub const MAX_NEW_TREE_PATH: usize = 3_072;
+
 /// One step of a plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -36,6 +50,18 @@ pub enum Op {
     Delete { path: RelPath, kind: Kind },
     /// Create a directory. Its final mode and mtime come with a later `SetDirMeta`.
     MkDir { path: RelPath, meta: DirMeta },
+    /// Create the directory at `path` with everything the target has below it.
+    /// `meta` and `hash` are the subtree's top directory's; its final mode and
+    /// mtime come with a later `SetDirMeta`, like a `MkDir`'s.
+    NewTree {
+        path: RelPath,
+        meta: DirMeta,
+        hash: Hash,
+        /// The target's subtree, shared with the target manifest. `None` in an
+        /// op read back from a journal: the switch renames the subtree staged
+        /// before the journal was written and needs nothing below its top.
+        tree: Option<Arc<Dir>>,
+    },
     /// Put a file with this content and metadata at `path`; `replaces` when a file
     /// with other content is there now.
     WriteFile { path: RelPath, file: FileMeta, replaces: bool },
@@ -53,6 +79,7 @@ impl Op {
         match self {
             Op::Delete { path, .. }
             | Op::MkDir { path, .. }
+            | Op::NewTree { path, .. }
             | Op::WriteFile { path, .. }
             | Op::SetFileMeta { path, .. }
             | Op::Symlink { path, .. }
@@ -65,7 +92,7 @@ impl Op {
         match self {
             Op::Delete { kind: Kind::Dir, .. } => "delete-dir",
             Op::Delete { .. } => "delete",
-            Op::MkDir { .. } => "mkdir",
+            Op::MkDir { .. } | Op::NewTree { .. } => "mkdir",
             Op::WriteFile { replaces: false, .. } => "create",
             Op::WriteFile { replaces: true, .. } => "update",
             Op::SetFileMeta { .. } => "meta",
@@ -302,9 +329,23 @@ impl Builder {
             }
             Node::Dir(d) => {
                 self.totals.dirs_created += 1;
-                self.creates_and_updates.push(Op::MkDir { path: path.clone(), meta: d.meta });
-                for child in d.children() {
-                    self.create_subtree(&join(path, &child.name), &child.node);
+                if fits_new_tree(path.as_bytes().len(), d) {
+                    let below = d.totals();
+                    self.totals.dirs_created += below.dirs;
+                    self.totals.files_created += below.files;
+                    self.totals.symlinks_created += below.symlinks;
+                    self.totals.bytes_to_write = self.totals.bytes_to_write.saturating_add(below.bytes);
+                    self.creates_and_updates.push(Op::NewTree {
+                        path: path.clone(),
+                        meta: d.meta,
+                        hash: d.hash(),
+                        tree: Some(Arc::clone(d)),
+                    });
+                } else {
+                    self.creates_and_updates.push(Op::MkDir { path: path.clone(), meta: d.meta });
+                    for child in d.children() {
+                        self.create_subtree(&join(path, &child.name), &child.node);
+                    }
                 }
                 self.dir_metas.push(Op::SetDirMeta { path: path.clone(), meta: d.meta, mode_changed: false });
             }
@@ -322,6 +363,19 @@ impl Builder {
         let id = plan_id(from_root, to_root, &ops);
         Plan { from_root, to_root, ops, totals: self.totals, id }
     }
+}
+
+/// True when no path in `dir`, a directory whose own path is `len` bytes long,
+/// is longer than [`MAX_NEW_TREE_PATH`].
+fn fits_new_tree(len: usize, dir: &Dir) -> bool {
+    len <= MAX_NEW_TREE_PATH
+        && dir.children().iter().all(|child| {
+            let child_len = len + 1 + child.name.len();
+            match &child.node {
+                Node::Dir(d) => fits_new_tree(child_len, d),
+                _ => child_len <= MAX_NEW_TREE_PATH,
+            }
+        })
 }
 
 /// Appends the removal of `node` at `path` and everything below it, children first.
@@ -362,6 +416,7 @@ pub fn plan_id(from_root: Hash, to_root: Hash, ops: &[Op]) -> PlanId {
             Op::SetFileMeta { .. } => 4,
             Op::Symlink { .. } => 5,
             Op::SetDirMeta { .. } => 6,
+            Op::NewTree { .. } => 7,
         };
         h.update(&[code]);
         let path = op.path().as_bytes();
@@ -379,6 +434,14 @@ pub fn plan_id(from_root: Hash, to_root: Hash, ops: &[Op]) -> PlanId {
                 h.update(&[kind.code()]);
             }
             Op::MkDir { meta, .. } => dir_meta(meta),
+            // The subtree's hash stands for everything below its top: what a
+            // manifest hashes (names, kinds, content, sizes, modes, file mtimes,
+            // symlink targets). Directory mtimes and owners below the top are not
+            // in any hash, and so not in the id.
+            Op::NewTree { meta, hash, .. } => {
+                dir_meta(meta);
+                h.update(hash.as_bytes());
+            }
             Op::SetDirMeta { meta, mode_changed, .. } => {
                 dir_meta(meta);
                 h.update(&[u8::from(*mode_changed)]);
@@ -447,6 +510,18 @@ impl Manifest {
                             return Err(step("something is already there"));
                         }
                         m.insert(path, Node::Dir(Dir::empty(*meta).into()))?;
+                    }
+                    Op::NewTree { path, hash, tree, .. } => {
+                        let Some(tree) = tree else {
+                            return Err(step("the op names no subtree (it was read back from a journal)"));
+                        };
+                        if tree.hash() != *hash {
+                            return Err(step("the subtree's hash is not the op's"));
+                        }
+                        if m.get(path).is_some() {
+                            return Err(step("something is already there"));
+                        }
+                        m.insert(path, Node::Dir(Arc::clone(tree)))?;
                     }
                     Op::WriteFile { path, file, replaces } => {
                         match (m.get(path), replaces) {

@@ -251,6 +251,30 @@ impl Dir {
         self.children
     }
 
+    /// Calls `visit` with every entry below this directory, whose own path is
+    /// `path`, and the entry's path: in name order, each directory before what it holds.
+    pub fn for_each_below<'a>(&'a self, path: &RelPath, visit: &mut impl FnMut(&RelPath, &'a Node)) {
+        for entry in &self.children {
+            let child = path.join(&entry.name).expect("manifest names are validated on entry");
+            visit(&child, &entry.node);
+            if let Node::Dir(d) = &entry.node {
+                d.for_each_below(&child, visit);
+            }
+        }
+    }
+
+    /// The directory at `components` below this one (this one for none).
+    pub fn descend<'a>(&self, components: impl IntoIterator<Item = &'a [u8]>) -> Option<&Dir> {
+        let mut dir = self;
+        for name in components {
+            match dir.child(name)? {
+                Node::Dir(d) => dir = d,
+                _ => return None,
+            }
+        }
+        Some(dir)
+    }
+
     pub fn child(&self, name: &[u8]) -> Option<&Node> {
         self.position(name).ok().map(|i| &self.children[i].node)
     }
@@ -571,17 +595,8 @@ impl Manifest {
 
     /// Every entry in depth-first, name order with its path; the root is not listed.
     pub fn walk(&self) -> Vec<(RelPath, &Node)> {
-        fn visit<'a>(dir: &'a Dir, path: &RelPath, out: &mut Vec<(RelPath, &'a Node)>) {
-            for entry in &dir.children {
-                let child = path.join(&entry.name).expect("manifest names are validated on entry");
-                out.push((child.clone(), &entry.node));
-                if let Node::Dir(d) = &entry.node {
-                    visit(d, &child, out);
-                }
-            }
-        }
         let mut out = Vec::new();
-        visit(&self.root, &RelPath::root(), &mut out);
+        self.root.for_each_below(&RelPath::root(), &mut |path, node| out.push((path.clone(), node)));
         out
     }
 }

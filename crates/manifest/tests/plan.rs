@@ -107,10 +107,11 @@ fn execute(root: &Path, ops: &[Op], content_of: &BTreeMap<Hash, &[u8]>) {
             Op::Delete { kind: manifest::Kind::Dir, .. } => fs::remove_dir(&path).unwrap(),
             Op::Delete { .. } => fs::remove_file(&path).unwrap(),
             Op::MkDir { .. } => fs::create_dir(&path).unwrap(),
-            Op::WriteFile { file, .. } => {
-                fs::write(&path, content_of[&file.hash]).unwrap();
-                set_file_meta(&path, file.mode, file.mtime);
+            Op::NewTree { tree, .. } => {
+                fs::create_dir(&path).unwrap();
+                create_below(&path, tree.as_ref().expect("a diff's NewTree holds its subtree"), content_of);
             }
+            Op::WriteFile { file, .. } => write_file(&path, file, content_of),
             Op::SetFileMeta { file, .. } => set_file_meta(&path, file.mode, file.mtime),
             Op::Symlink { link, replaces, .. } => {
                 if *replaces {
@@ -121,6 +122,28 @@ fn execute(root: &Path, ops: &[Op], content_of: &BTreeMap<Hash, &[u8]>) {
             Op::SetDirMeta { meta, .. } => fs::set_permissions(&path, fs::Permissions::from_mode(meta.mode)).unwrap(),
         }
     }
+}
+
+/// Creates everything below `dir` at `path`; the modes of the directories below
+/// it are set once they are full (the top's comes with its `SetDirMeta`).
+fn create_below(path: &Path, dir: &Dir, content_of: &BTreeMap<Hash, &[u8]>) {
+    for entry in dir.children() {
+        let child = path.join(std::ffi::OsStr::from_bytes(&entry.name));
+        match &entry.node {
+            Node::File(file) => write_file(&child, file, content_of),
+            Node::Symlink(link) => symlink(std::ffi::OsStr::from_bytes(&link.target), &child).unwrap(),
+            Node::Dir(d) => {
+                fs::create_dir(&child).unwrap();
+                create_below(&child, d, content_of);
+                fs::set_permissions(&child, fs::Permissions::from_mode(d.meta.mode)).unwrap();
+            }
+        }
+    }
+}
+
+fn write_file(path: &Path, file: &FileMeta, content_of: &BTreeMap<Hash, &[u8]>) {
+    fs::write(path, content_of[&file.hash]).unwrap();
+    set_file_meta(path, file.mode, file.mtime);
 }
 
 proptest! {
@@ -224,15 +247,63 @@ fn kind_changes_remove_before_they_create() {
     let tags: Vec<String> = plan.ops.iter().map(|op| format!("{} {}", op.tag(), op.path())).collect();
     assert_eq!(
         tags,
-        [
-            "delete a",
-            "delete b/c.php",
-            "delete-dir b",
-            "mkdir a",
-            "create a/c.php",
-            "symlink b",
-            "dir-meta a",
-            "dir-meta ."
-        ]
+        ["delete a", "delete b/c.php", "delete-dir b", "mkdir a", "symlink b", "dir-meta a", "dir-meta ."]
     );
+}
+
+#[test]
+fn a_new_subtree_is_one_op_that_shares_the_targets_subtree() {
+    let file = |content: usize| Spec::File { content, mode: 0o644, mtime: 1_700_000_000 };
+    let release = BTreeMap::from([
+        ("c.php", file(1)),
+        ("d d", Spec::Dir { mode: 0o750, children: BTreeMap::from([("a", file(2)), ("b", file(3))]) }),
+        ("b", Spec::Symlink { target: "c.php" }),
+    ]);
+    let to = to_manifest(&BTreeMap::from([("a", Spec::Dir { mode: 0o755, children: release }), ("b", file(1))]));
+    let plan = diff(&Manifest::empty(), &to);
+    let tags: Vec<String> = plan.ops.iter().map(|op| format!("{} {}", op.tag(), op.path())).collect();
+    assert_eq!(tags, ["mkdir a", "create b", "dir-meta a", "dir-meta ."]);
+    let Op::NewTree { tree: Some(tree), hash, .. } = &plan.ops[0] else { panic!("{:?}", plan.ops[0]) };
+    let Some(Node::Dir(target)) = to.get(&manifest::RelPath::new("a").unwrap()) else { unreachable!() };
+    assert!(std::sync::Arc::ptr_eq(tree, target), "the plan shares the target's subtree, it does not copy it");
+    assert_eq!(*hash, target.hash());
+    let t = plan.totals;
+    assert_eq!((t.files_created, t.symlinks_created, t.dirs_created), (4, 1, 2));
+    assert_eq!(t.bytes_to_write, (CONTENTS[1].len() * 2 + CONTENTS[2].len() + CONTENTS[3].len()) as u64);
+    assert_eq!(t.inodes_needed(), 7);
+    assert_eq!(plan.id.to_string(), PINNED_NEW_TREE_PLAN_ID);
+
+    // A plan read back without its subtree cannot be applied in memory.
+    let mut without = plan.clone();
+    if let Op::NewTree { tree, .. } = &mut without.ops[0] {
+        *tree = None;
+    }
+    let error = Manifest::empty().apply(&without).unwrap_err();
+    assert!(error.to_string().contains("names no subtree"), "{error}");
+}
+
+const PINNED_NEW_TREE_PLAN_ID: &str = "2790c117cbb05c67";
+
+#[test]
+fn a_subtree_with_a_path_too_long_to_stage_at_its_own_path_is_spelled_out() {
+    let deep = "d".repeat(254);
+    let mut children = BTreeMap::new();
+    let file = Spec::File { content: 1, mode: 0o644, mtime: 1_700_000_000 };
+    // 13 levels of 255-byte names: a path of 3,338 bytes, past MAX_NEW_TREE_PATH.
+    let names: Vec<&'static str> = (0..13).map(|i| &*format!("{i:x}{deep}").leak()).collect();
+    let mut spec = BTreeMap::from([("c.php", file.clone())]);
+    for name in names.iter().rev() {
+        spec = BTreeMap::from([(*name, Spec::Dir { mode: 0o755, children: spec })]);
+    }
+    children.insert("long", Spec::Dir { mode: 0o755, children: spec });
+    children.insert("short", Spec::Dir { mode: 0o755, children: BTreeMap::from([("c.php", file)]) });
+    let plan = diff(&Manifest::empty(), &to_manifest(&children));
+    assert!(plan.ops.iter().any(|op| op.path().as_bytes().len() > manifest::plan::MAX_NEW_TREE_PATH));
+    let new_trees: Vec<String> =
+        plan.ops.iter().filter(|op| matches!(op, Op::NewTree { .. })).map(|op| op.path().to_string()).collect();
+    assert_eq!(new_trees, ["short"]);
+    assert_eq!(plan.totals.dirs_created, 15);
+    let mut applied = Manifest::empty();
+    applied.apply(&plan).unwrap();
+    assert_eq!(applied, to_manifest(&children));
 }

@@ -25,6 +25,7 @@
 //! whether a sync may run (`sync::guards`) and does not record history
 //! ([`crate::history`]): the caller appends the record with what [`Applied`] says.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -332,7 +333,10 @@ fn preflight(tree: &TreeRoot, old: &Manifest, plan: &Plan) -> Result<Vec<Option<
                     displaced = Some(f.hash);
                 }
             }
-            Op::MkDir { .. } | Op::WriteFile { replaces: false, .. } | Op::Symlink { replaces: false, .. } => {
+            Op::MkDir { .. }
+            | Op::NewTree { .. }
+            | Op::WriteFile { replaces: false, .. }
+            | Op::Symlink { replaces: false, .. } => {
                 // A kind change removes the old entry first (its Delete is checked);
                 // otherwise the name must be free.
                 if before.is_none()
@@ -560,6 +564,7 @@ fn switch(
                     Err(e) => return Err(fail(steps.done, io_error("rename into place", shown(), e))),
                 }
             }
+            Op::NewTree { .. } => unreachable!("a NewTree op is always placed NewTree"),
             Op::SetFileMeta { file, .. } => {
                 let (dir, name) = parents.parent(tree, "set metadata", path).map_err(|e| fail(steps.done, e))?;
                 steps.next()?;
@@ -598,9 +603,19 @@ fn fail_at(step: usize, op: &Op, source: TreeFsError) -> ApplyError {
 const VERIFY_BLOCK_PATHS: usize = 16_384;
 
 fn verify(tree: &TreeRoot, plan: &Plan, mut target: Manifest) -> Result<Manifest, ApplyError> {
-    let touched: Vec<&RelPath> = {
+    // Every op's path, and every path below a `NewTree` op.
+    let touched: Vec<Cow<'_, RelPath>> = {
         let mut seen = HashSet::new();
-        plan.ops.iter().map(Op::path).filter(|p| seen.insert(*p)).collect()
+        let mut touched = Vec::new();
+        for op in &plan.ops {
+            if seen.insert(op.path()) {
+                touched.push(Cow::Borrowed(op.path()));
+            }
+            if let Op::NewTree { path, tree: Some(new), .. } = op {
+                new.for_each_below(path, &mut |path, _| touched.push(Cow::Owned(path.clone())));
+            }
+        }
+        touched
     };
     let settle = manifest::scan::DEFAULT_SETTLE;
     /// What the target says of a path, without cloning a directory's subtree.

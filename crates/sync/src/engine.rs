@@ -26,6 +26,7 @@ use crate::history::{Counts, History, HistoryRecord, RecordKind, RecordResult, R
 use crate::remote::{PeerSource, Piece, RemoteError, Wanted, plan_target};
 use crate::stage::{StagedWriter, Staging, stage_from_local};
 use crate::trash::Trash;
+use crate::writes::Writes;
 
 /// Hashes per `fetch` call.
 pub const FETCH_BATCH_HASHES: usize = 2000;
@@ -314,13 +315,14 @@ async fn apply_plan<P: PeerSource>(
     let phase = Instant::now();
     let staged = {
         let (setup, plan, local, sync_id) = (setup.clone(), Arc::clone(&plan), Arc::clone(&local), sync_id.clone());
-        blocking(move || -> Result<(Staging, Vec<usize>), String> {
+        blocking(move || -> Result<StagedLocally, String> {
             let staging =
                 Staging::create(&setup.root, &sync_id, setup.preserve_owner, &plan.ops).map_err(|e| e.to_string())?;
+            let writes = Writes::of(plan);
             let trash = Trash::open(&setup.root).map_err(|e| e.to_string())?;
-            let missing = stage_from_local(&staging, &plan, &local, &trash).map_err(|e| e.to_string());
+            let missing = stage_from_local(&staging, &writes, &local, &trash).map_err(|e| e.to_string());
             match missing {
-                Ok(missing) => Ok((staging, missing)),
+                Ok(missing) => Ok(StagedLocally { staging, writes, missing }),
                 Err(e) => {
                     let _ = staging.discard();
                     Err(e)
@@ -329,19 +331,19 @@ async fn apply_plan<P: PeerSource>(
         })
         .await
     };
-    let (staging, missing) = match staged {
+    let StagedLocally { staging, writes, missing } = match staged {
         Ok(staged) => staged,
         Err(e) => return report.ending(Outcome::Failed(format!("staging content: {e}"))),
     };
     tracing::debug!(tree = %setup.name, millis = phase.elapsed().as_millis() as u64, "staged local copies");
     let phase = Instant::now();
     let staging = Arc::new(staging);
-    let missing_bytes: u64 = missing.iter().map(|&i| write_size(&plan.ops[i])).sum();
+    let missing_bytes: u64 = missing.iter().map(|&n| file_size(&writes, n)).sum();
     report.bytes_copied_locally = plan.totals.bytes_to_write - missing_bytes;
 
     if !missing.is_empty() {
         let fetched = match peer {
-            Some(peer) => fetch_missing(peer, &staging, &plan, &missing, events).await,
+            Some(peer) => fetch_missing(peer, &staging, writes, &missing, events).await,
             None => Err(format!(
                 "{} files are neither in the tree nor in the trash any more (retention expired?)",
                 missing.len()
@@ -428,33 +430,41 @@ async fn apply_plan<P: PeerSource>(
     report.ending(Outcome::Applied)
 }
 
-/// Fetches the content of the `WriteFile` ops at `missing` from `peer` into
+/// A staging after its local copies: the plan's writes, and the numbers of the
+/// file writes no local copy staged.
+struct StagedLocally {
+    staging: Staging,
+    writes: Writes<Arc<Plan>>,
+    missing: Vec<usize>,
+}
+
+/// Fetches the content of the file writes numbered `missing` from `peer` into
 /// `staging`, several streams at once; returns the bytes received.
 async fn fetch_missing<P: PeerSource>(
     peer: &P,
     staging: &Arc<Staging>,
-    plan: &Arc<Plan>,
+    writes: Writes<Arc<Plan>>,
     missing: &[usize],
     events: &(dyn Fn(Event) + Send + Sync),
 ) -> Result<u64, String> {
-    // One fetch per distinct hash; every op with that hash is written from it.
-    let ops_by_hash = Arc::new(OpsByHash::new(Arc::clone(plan), missing));
-    let size_of = |first: usize| write_size(&plan.ops[first]);
+    // One fetch per distinct hash; every write of that hash is made from it.
+    let ops_by_hash = Arc::new(OpsByHash::new(writes, missing));
+    let size_of = |first: usize| file_size(&ops_by_hash.writes, first);
     let total_bytes: u64 = ops_by_hash.first_ops().map(size_of).sum();
     // Batches are made as streams start, not all at once: each hash goes with the
-    // path the peer listed it at (the first op writing it: the target is the
+    // path the peer listed it at (the first write of it: the target is the
     // peer's tree), so the peer opens that file without a search.
     let (by_hash, mut next) = (Arc::clone(&ops_by_hash), 0);
     let batches = std::iter::from_fn(move || {
         let mut batch: Vec<Wanted> = Vec::new();
         let mut batch_bytes = 0;
         while let Some(first) = by_hash.first_op(next) {
-            let size = size_of(first);
+            let size = file_size(&by_hash.writes, first);
             if !batch.is_empty() && (batch.len() >= FETCH_BATCH_HASHES || batch_bytes + size > FETCH_BATCH_BYTES) {
                 break;
             }
-            let (path, file) = by_hash.written(first);
-            batch.push(Wanted { hash: file.hash, at: path.clone() });
+            let (_, path, file) = by_hash.written(first);
+            batch.push(Wanted { hash: file.hash, at: path.into_owned() });
             batch_bytes += size;
             next += 1;
         }
@@ -523,61 +533,65 @@ async fn fetch_missing<P: PeerSource>(
     Ok(received.load(Ordering::Relaxed))
 }
 
-/// The ops a fetch writes, by content hash: their indices sorted by the hash each
-/// writes (then by index), so the ops of a hash are a range found by binary search
-/// through the plan. 4 bytes an op; `(hash, index)` pairs took 36, and their `Vec`,
-/// grown by doubling as it was collected, 11.5 MB at the peak of a 150,000-file copy.
+/// The file writes a fetch makes, by content hash: their numbers sorted by the
+/// hash each writes (then by number), so the writes of a hash are a range found
+/// by binary search through [`Writes`]. 4 bytes a write; `(hash, index)` pairs
+/// took 36, and their `Vec`, grown by doubling as it was collected, 11.5 MB at
+/// the peak of a 150,000-file copy.
 struct OpsByHash {
-    plan: Arc<Plan>,
+    writes: Writes<Arc<Plan>>,
     by_hash: Vec<u32>,
-    /// The first op of each distinct hash, in plan order: what is fetched, in order.
+    /// The first write of each distinct hash, in plan order: what is fetched, in order.
     firsts: Vec<u32>,
 }
 
 impl OpsByHash {
-    fn new(plan: Arc<Plan>, indices: &[usize]) -> Self {
-        let mut by_hash = Vec::with_capacity(indices.len());
+    fn new(writes: Writes<Arc<Plan>>, numbers: &[usize]) -> Self {
+        let mut by_hash = Vec::with_capacity(numbers.len());
         by_hash.extend(
-            indices
+            numbers
                 .iter()
-                .filter(|&&index| matches!(plan.ops[index], Op::WriteFile { .. }))
-                .map(|&index| u32::try_from(index).expect("a plan has < 2^32 ops")),
+                .filter(|&&n| writes.file(n).is_some())
+                .map(|&n| u32::try_from(n).expect("a plan writes < 2^32 files")),
         );
-        let hash_at = |index: u32| written_by(&plan, index as usize).1.hash;
-        by_hash.sort_unstable_by_key(|&index| (hash_at(index), index));
+        let hash_at = |n: u32| file_of(&writes, n as usize).hash;
+        by_hash.sort_unstable_by_key(|&n| (hash_at(n), n));
         let mut firsts: Vec<u32> = by_hash.chunk_by(|&a, &b| hash_at(a) == hash_at(b)).map(|same| same[0]).collect();
         firsts.sort_unstable();
-        Self { plan, by_hash, firsts }
+        Self { writes, by_hash, firsts }
     }
 
-    /// The path and file of the op at `index`, one of the `WriteFile` ops indexed here.
-    fn written(&self, index: usize) -> (&RelPath, &manifest::FileMeta) {
-        written_by(&self.plan, index)
+    /// The staging op, path and file of write `n`, one of the file writes indexed here.
+    fn written(&self, n: usize) -> (usize, std::borrow::Cow<'_, RelPath>, &manifest::FileMeta) {
+        let write = self.writes.get(n);
+        (write.op, write.path, file_of(&self.writes, n))
     }
 
-    /// The first op of each distinct hash, ascending.
+    /// The first write of each distinct hash, ascending.
     fn first_ops(&self) -> impl ExactSizeIterator<Item = usize> + '_ {
-        self.firsts.iter().map(|&index| index as usize)
+        self.firsts.iter().map(|&n| n as usize)
     }
 
     fn first_op(&self, nth: usize) -> Option<usize> {
-        self.firsts.get(nth).map(|&index| index as usize)
+        self.firsts.get(nth).map(|&n| n as usize)
     }
 
-    /// The indices of the ops that write `hash`, ascending; none for a hash not fetched.
+    /// The numbers of the writes of `hash`, ascending; none for a hash not fetched.
     fn ops(&self, hash: Hash) -> impl Iterator<Item = usize> + '_ {
-        let hash_at = |index: u32| self.written(index as usize).1.hash;
-        let start = self.by_hash.partition_point(|&index| hash_at(index) < hash);
-        self.by_hash[start..].iter().take_while(move |&&index| hash_at(index) == hash).map(|&index| index as usize)
+        let hash_at = |n: u32| file_of(&self.writes, n as usize).hash;
+        let start = self.by_hash.partition_point(|&n| hash_at(n) < hash);
+        self.by_hash[start..].iter().take_while(move |&&n| hash_at(n) == hash).map(|&n| n as usize)
     }
 }
 
-/// The path and file of the `WriteFile` op at `index` of `plan`.
-fn written_by(plan: &Plan, index: usize) -> (&RelPath, &manifest::FileMeta) {
-    match &plan.ops[index] {
-        Op::WriteFile { path, file, .. } => (path, file),
-        _ => unreachable!("only WriteFile ops are fetched"),
-    }
+/// The file of write `n`, one known to write a file.
+fn file_of(writes: &Writes<Arc<Plan>>, n: usize) -> &manifest::FileMeta {
+    writes.file(n).expect("only file writes are fetched")
+}
+
+/// The size of the file of write `n` (0 for a symlink).
+fn file_size(writes: &Writes<Arc<Plan>>, n: usize) -> u64 {
+    writes.file(n).map_or(0, |file| file.size)
 }
 
 /// Writes the pieces of one fetch batch into staged files, checking that each
@@ -608,9 +622,9 @@ fn write_pieces(
                 std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
                 std::collections::hash_map::Entry::Vacant(entry) => {
                     let mut writers = Vec::new();
-                    for index in ops_by_hash.ops(piece.hash) {
-                        let (path, file) = ops_by_hash.written(index);
-                        writers.push(staging.writer(index, path, file).map_err(|e| e.to_string())?);
+                    for n in ops_by_hash.ops(piece.hash) {
+                        let (op, path, file) = ops_by_hash.written(n);
+                        writers.push(staging.writer(op, &path, file).map_err(|e| e.to_string())?);
                     }
                     entry.insert((0, writers))
                 }
@@ -692,7 +706,7 @@ pub struct Mismatch {
 fn describe_expected(op: &Op) -> String {
     match op {
         Op::Delete { kind, .. } => format!("no {} here", kind.as_str()),
-        Op::MkDir { .. } => "a directory".to_owned(),
+        Op::MkDir { .. } | Op::NewTree { .. } => "a directory".to_owned(),
         Op::WriteFile { file, .. } | Op::SetFileMeta { file, .. } => {
             format!("file {} bytes, mode {:o}, content {}", file.size, file.mode, file.hash.short(16))
         }
@@ -712,22 +726,28 @@ fn describe_actual(actual: &Manifest, path: &RelPath) -> String {
     }
 }
 
+/// One plan line per itemized op, and per entry below a `NewTree` op (as a
+/// `MkDir` with an op per entry would have given them).
 fn itemize(plan: &Plan, events: &(dyn Fn(Event) + Send + Sync)) {
     for op in plan.ops.iter().filter(|op| op.is_itemized()) {
-        let kind = match op {
-            Op::Delete { kind, .. } => *kind,
-            Op::MkDir { .. } | Op::SetDirMeta { .. } => Kind::Dir,
-            Op::WriteFile { .. } | Op::SetFileMeta { .. } => Kind::File,
-            Op::Symlink { .. } => Kind::Symlink,
+        let (kind, size) = match op {
+            Op::Delete { kind, .. } => (*kind, 0),
+            Op::MkDir { .. } | Op::NewTree { .. } | Op::SetDirMeta { .. } => (Kind::Dir, 0),
+            Op::WriteFile { file, .. } => (Kind::File, file.size),
+            Op::SetFileMeta { .. } => (Kind::File, 0),
+            Op::Symlink { .. } => (Kind::Symlink, 0),
         };
-        events(Event::PlanItem { op: op.tag(), path: op.path().clone(), size: write_size(op), kind });
-    }
-}
-
-fn write_size(op: &Op) -> u64 {
-    match op {
-        Op::WriteFile { file, .. } => file.size,
-        _ => 0,
+        events(Event::PlanItem { op: op.tag(), path: op.path().clone(), size, kind });
+        if let Op::NewTree { path, tree: Some(tree), .. } = op {
+            tree.for_each_below(path, &mut |path, node| {
+                let (op, size) = match node {
+                    manifest::Node::File(f) => ("create", f.size),
+                    manifest::Node::Dir(_) => ("mkdir", 0),
+                    manifest::Node::Symlink(_) => ("symlink", 0),
+                };
+                events(Event::PlanItem { op, path: path.clone(), size, kind: node.kind() });
+            });
+        }
     }
 }
 
@@ -813,12 +833,14 @@ mod tests {
             totals: PlanTotals::default(),
             id: manifest::PlanId([0; 8]),
         };
-        // Op 4 was copied locally: it is not fetched.
-        let by_hash = OpsByHash::new(Arc::new(plan), &[0, 2, 3, 5]);
-        assert_eq!(by_hash.first_ops().collect::<Vec<_>>(), [0, 2]);
+        // Writes: z 0, d/a 1, d/b 2, d/c 3, e 4. Write 3 was copied locally: it is not fetched.
+        let by_hash = OpsByHash::new(Writes::of(Arc::new(plan)), &[0, 1, 2, 4]);
+        assert_eq!(by_hash.first_ops().collect::<Vec<_>>(), [0, 1]);
         let ops_of = |content: &str| by_hash.ops(Hash::of_content(content.as_bytes())).collect::<Vec<_>>();
-        assert_eq!(ops_of("shared"), [0, 3, 5]);
-        assert_eq!(ops_of("only a"), [2]);
+        assert_eq!(ops_of("shared"), [0, 2, 4]);
+        assert_eq!(ops_of("only a"), [1]);
+        let (op, path, _) = by_hash.written(2);
+        assert_eq!((op, path.to_string()), (3, "d/b".to_owned()));
         assert_eq!(ops_of("local copy"), Vec::<usize>::new());
         assert_eq!(ops_of("never planned"), Vec::<usize>::new());
     }

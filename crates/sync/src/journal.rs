@@ -7,13 +7,17 @@
 //! every op with the fields a roll-forward needs, plus the content hash of each
 //! file the op displaces (so it can be kept in the trash under the right name).
 //!
-//! Format 2 (written): one line of JSON (version, ids, roots, op count), then the
+//! Format 3 (written): one line of JSON (version, ids, roots, op count), then the
 //! ops in a compact binary form, then the BLAKE3 hash of everything before it.
 //! Each path is stored as the length it shares with the previous op's path and
 //! the rest of its raw bytes (so non-UTF-8 names round-trip exactly); numbers are
-//! LEB128 varints. A full copy's 184,313 ops take 10.8 MB, where format 1's
-//! JSON with hex paths took ~70 MB to write and fsync. Format 1 (one JSON record) is
-//! still read, so a journal left by an older build is finished after an upgrade.
+//! LEB128 varints. A `NewTree` op keeps its top directory's metadata and the
+//! subtree's hash, not the subtree: it was staged whole before the journal was
+//! written, and the switch only renames it. A full copy to an empty master is a
+//! few dozen ops; spelled out one per entry it was 184,313 ops and 10.8 MB, and
+//! format 1's JSON with hex paths ~70 MB. Format 2 is format 3 without
+//! `NewTree` ops; it and format 1 (one JSON record) are still read, so a journal
+//! left by an older build is finished after an upgrade.
 //!
 //! On load the checksum must match and the plan id is recomputed from the ops: a
 //! journal that does not describe the plan it names is refused.
@@ -33,8 +37,10 @@ use crate::history::SyncId;
 
 /// The journal's file name inside a tree's state directory.
 pub const JOURNAL_FILE: &str = "journal";
-/// The format written; format 1 (one JSON record) is still read.
-const VERSION: u32 = 2;
+/// The format written; format 2 (the same without `NewTree` ops) and format 1
+/// (one JSON record) are still read.
+const VERSION: u32 = 3;
+const VERSION_BINARY_2: u32 = 2;
 const VERSION_JSON: u32 = 1;
 
 /// Why a journal could not be read.
@@ -85,7 +91,7 @@ impl Journal<'_> {
         tree_state_dir.join(JOURNAL_FILE)
     }
 
-    /// Writes the journal atomically and durably (format 2), a buffer of ops at
+    /// Writes the journal atomically and durably (format 3), a buffer of ops at
     /// a time: it is never held whole. Returns its size in bytes.
     pub fn write(&self, tree_state_dir: &Path) -> Result<u64, JournalError> {
         let path = Self::path(tree_state_dir);
@@ -132,9 +138,9 @@ impl Journal<'_> {
             return record.into_journal().map(Some).map_err(invalid);
         };
         let head: JournalHead = serde_json::from_slice(&bytes[..newline]).map_err(|e| invalid(e.to_string()))?;
-        if head.version != VERSION {
+        if head.version != VERSION && head.version != VERSION_BINARY_2 {
             return Err(invalid(format!(
-                "format version {} (this build reads {VERSION_JSON} and {VERSION})",
+                "format version {} (this build reads {VERSION_JSON} to {VERSION})",
                 head.version
             )));
         }
@@ -276,10 +282,7 @@ fn parse_path(text: &str) -> Result<RelPath, String> {
 impl JournalRecord {
     fn into_journal(self) -> Result<Journal<'static>, String> {
         if self.head.version != VERSION_JSON {
-            return Err(format!(
-                "format version {} (this build reads {VERSION_JSON} and {VERSION})",
-                self.head.version
-            ));
+            return Err(format!("format version {} (this build reads {VERSION_JSON} to {VERSION})", self.head.version));
         }
         let old = |h: &Option<String>| h.as_deref().map(parse_hash).transpose();
         let mut ops = Vec::with_capacity(self.ops.len());
@@ -321,7 +324,7 @@ impl JournalRecord {
     }
 }
 
-/// Format 2's first line, and what both formats say besides the ops.
+/// The first line of formats 2 and 3, and what every format says besides the ops.
 #[derive(Serialize, Deserialize)]
 struct JournalHead {
     version: u32,
@@ -330,7 +333,7 @@ struct JournalHead {
     from_root: String,
     to_root: String,
     preserve_owner: bool,
-    /// How many ops follow (format 2 only).
+    /// How many ops follow (formats 2 and 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     op_count: Option<u64>,
 }
@@ -370,7 +373,7 @@ impl JournalHead {
     }
 }
 
-// ---- format 2's ops ---------------------------------------------------------
+// ---- the ops of formats 2 and 3 ---------------------------------------------
 
 /// Encoded ops are written once this many bytes are waiting.
 const WRITE_BUFFER_BYTES: usize = 1 << 20;
@@ -381,6 +384,7 @@ const OP_WRITE_FILE: u8 = 3;
 const OP_SET_FILE_META: u8 = 4;
 const OP_SYMLINK: u8 = 5;
 const OP_SET_DIR_META: u8 = 6;
+const OP_NEW_TREE: u8 = 7;
 
 /// Appends ops to `out`; a path is stored after the one before it.
 #[derive(Default)]
@@ -398,6 +402,7 @@ impl Encoder {
             Op::SetFileMeta { .. } => OP_SET_FILE_META,
             Op::Symlink { .. } => OP_SYMLINK,
             Op::SetDirMeta { .. } => OP_SET_DIR_META,
+            Op::NewTree { .. } => OP_NEW_TREE,
         };
         self.out.push(tag);
         self.path(op.path().as_bytes());
@@ -407,6 +412,10 @@ impl Encoder {
                 self.old_hash(old);
             }
             Op::MkDir { meta, .. } => self.dir_meta(meta),
+            Op::NewTree { meta, hash, .. } => {
+                self.dir_meta(meta);
+                self.out.extend_from_slice(hash.as_bytes());
+            }
             Op::WriteFile { file, replaces, .. } => {
                 self.file_meta(file);
                 self.out.push(u8::from(*replaces));
@@ -520,6 +529,10 @@ impl<'a> Decoder<'a> {
                 (Op::Delete { path, kind }, self.old_hash()?)
             }
             OP_MKDIR => (Op::MkDir { path, meta: self.dir_meta()? }, None),
+            OP_NEW_TREE => {
+                let meta = self.dir_meta()?;
+                (Op::NewTree { path, meta, hash: self.hash()?, tree: None }, None)
+            }
             OP_WRITE_FILE => {
                 let file = self.file_meta()?;
                 let replaces = self.flag()?;
@@ -631,6 +644,8 @@ impl<'a> Decoder<'a> {
 
 #[cfg(test)]
 mod tests {
+    use manifest::Node;
+
     use super::*;
 
     /// Writes `journal` as format 1 did (one JSON record, hex paths): what an
@@ -660,6 +675,7 @@ mod tests {
             Op::SetDirMeta { path, meta, mode_changed } => {
                 JournalOp::SetDirMeta { path: hex(path.as_bytes()), meta: meta.into(), mode_changed: *mode_changed }
             }
+            Op::NewTree { .. } => unreachable!("format 1 was written by builds that had no NewTree op"),
         }
     }
 
@@ -778,6 +794,54 @@ mod tests {
         journal.displaced.pop();
         let dir = tempfile::tempdir().unwrap();
         let _ = journal.write(dir.path());
+    }
+
+    #[test]
+    fn a_new_tree_op_is_journaled_by_its_top_and_hash_and_read_back_without_its_subtree() {
+        let file = FileMeta {
+            size: 5,
+            mode: 0o644,
+            mtime: Timestamp::new(1_700_000_000, 0),
+            hash: Hash::of_content(b"hello"),
+            owner: Owner::default(),
+            stat: StatKey::default(),
+        };
+        let files: Vec<manifest::Entry> = (0..1_000)
+            .map(|i| manifest::Entry { name: format!("f{i}.php").as_bytes().into(), node: Node::File(file.clone()) })
+            .collect();
+        let meta = DirMeta { mode: 0o2775, mtime: Timestamp::new(5, 6), owner: Owner { uid: 7, gid: 8 } };
+        let tree = std::sync::Arc::new(manifest::Dir::new(meta, files));
+        let path = RelPath::new("php-1.45").unwrap();
+        let op = Op::NewTree { path: path.clone(), meta, hash: tree.hash(), tree: Some(tree.clone()) };
+        let dir_meta = Op::SetDirMeta { path: path.clone(), meta, mode_changed: false };
+        let journal = journal_of("s7-test", vec![(op, None), (dir_meta.clone(), None)], false);
+        let dir = tempfile::tempdir().unwrap();
+        let size = journal.write(dir.path()).unwrap();
+        assert!(size < 1_000, "a subtree of 1,000 files is journaled in {size} bytes");
+        // The plan id is recomputed from what the journal holds: it matches.
+        let read = Journal::read(dir.path()).unwrap().unwrap();
+        let expected = Op::NewTree { path, meta, hash: tree.hash(), tree: None };
+        assert_eq!(read.ops.as_ref(), [expected, dir_meta]);
+        assert_eq!(read.plan_id, journal.plan_id);
+    }
+
+    #[test]
+    fn a_journal_left_by_a_build_that_wrote_format_2_is_still_read() {
+        let journal = journal_of("s8-test", many_ops(300), true);
+        let dir = tempfile::tempdir().unwrap();
+        journal.write(dir.path()).unwrap();
+        // Format 2 is format 3 without NewTree ops, under another version number.
+        let path = Journal::path(dir.path());
+        let written = std::fs::read(&path).unwrap();
+        let text = String::from_utf8_lossy(&written[..written.iter().position(|&b| b == b'\n').unwrap()]).to_string();
+        let head = text.replace("\"version\":3", "\"version\":2");
+        assert_ne!(head, text);
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(&written[text.len()..written.len() - blake3::OUT_LEN]);
+        let checksum = blake3::hash(&bytes);
+        bytes.extend_from_slice(checksum.as_bytes());
+        std::fs::write(&path, bytes).unwrap();
+        assert_eq!(Journal::read(dir.path()).unwrap().unwrap(), journal);
     }
 
     #[test]

@@ -1,11 +1,17 @@
 //! Where each op of a plan is staged, and so how the switch publishes it.
 //!
-//! A plan that creates a directory under one that already exists creates a
-//! whole new subtree. Nobody can be looking inside it yet, so it is built whole
-//! in staging, under `tree/<its path>`, and published with one `rename` of its
-//! top directory: a full copy to an empty master switches a handful of
-//! directories instead of 150,000 files. Everything else is staged as one entry
-//! per op and switched op by op.
+//! A `NewTree` op creates a whole new subtree. Nobody can be looking inside it
+//! yet, so it is built whole in staging, under `tree/<its path>`, and published
+//! with one `rename` of its top directory: a full copy to an empty master
+//! switches a handful of directories instead of 150,000 files. Everything else
+//! is staged as one entry per op and switched op by op.
+//!
+//! Journals of older builds spell a new subtree out as a `MkDir` with one op
+//! per entry below it; their layout is the same: the `MkDir` of a directory
+//! under one that exists is [`Place::NewTree`], everything below it
+//! [`Place::InNewTree`]. A plan spells out a subtree only when a path in it is
+//! too long to stage at its own path, and such a plan is staged per entry
+//! (its `NewTree` ops aside).
 //!
 //! The layout is a pure function of the op list, so recovery, which has only the
 //! journal's ops, computes the same one the staging used.
@@ -20,7 +26,8 @@ pub enum Place {
     /// `WriteFile` and `Symlink`: staged at [`crate::stage::entry_name`]`(index)`
     /// and renamed over their final name. Other ops: done by the switch in the tree.
     Entry,
-    /// A `MkDir` under a directory that exists before the switch: made in staging at
+    /// A `NewTree` op, or (in an older build's journal) a `MkDir` under a
+    /// directory that exists before the switch: made in staging at
     /// [`staged_path`], filled there, and renamed into place by the switch.
     NewTree,
     /// A `MkDir`, or a new file or symlink, inside a [`Place::NewTree`]: made in
@@ -28,10 +35,11 @@ pub enum Place {
     InNewTree,
 }
 
-/// Paths longer than this keep the per-entry layout for the whole plan: a staged
-/// path `tree/<path>` is opened from the staging directory in one call, and
-/// must stay under the kernel's `PATH_MAX` (4,096).
-pub const MAX_TREE_PATH: usize = 3_072;
+/// Paths longer than this keep the per-entry layout for the whole plan (but for
+/// its `NewTree` ops, which hold no such path): a staged path `tree/<path>` is
+/// opened from the staging directory in one call, and must stay under the
+/// kernel's `PATH_MAX` (4,096).
+pub const MAX_TREE_PATH: usize = manifest::plan::MAX_NEW_TREE_PATH;
 
 /// The staging subdirectory that holds new subtrees at their own paths.
 pub const TREE_DIR: &str = "tree";
@@ -48,10 +56,10 @@ impl Layout {
         let new_dirs: HashSet<&RelPath> =
             ops.clone().filter(|op| matches!(op, Op::MkDir { .. })).map(Op::path).collect();
         let mut places = Vec::new();
-        for op in ops {
+        for op in ops.clone() {
             let path = op.path();
             if path.as_bytes().len() > MAX_TREE_PATH {
-                return Layout::per_entry(places.len() + 1);
+                return Layout::per_entry(ops);
             }
             let in_new_dir = path.parent().is_some_and(|parent| new_dirs.contains(&parent));
             let place = match op {
@@ -60,14 +68,14 @@ impl Layout {
                 {
                     Place::InNewTree
                 }
-                Op::MkDir { .. } => Place::NewTree,
-                // A directory's mode and mtime are set once everything in it is
-                // there, in the tree, by the switch: staging never holds a
-                // directory it cannot write to or remove.
+                Op::MkDir { .. } | Op::NewTree { .. } => Place::NewTree,
+                // A directory's mode and mtime are set by the switch, in the tree,
+                // once everything in it is there. (Those of the directories below
+                // a `NewTree` op's top are set in staging when it is finished.)
                 Op::SetDirMeta { .. } => Place::Entry,
                 // Nothing else can be under a directory the plan creates; a plan
                 // that says otherwise is switched op by op, which checks each one.
-                _ if in_new_dir => return Layout::per_entry(places.len() + 1),
+                _ if in_new_dir => return Layout::per_entry(ops),
                 _ => Place::Entry,
             };
             places.push(place);
@@ -75,8 +83,10 @@ impl Layout {
         Layout { places }
     }
 
-    fn per_entry(len: usize) -> Layout {
-        Layout { places: vec![Place::Entry; len] }
+    /// Every op an entry of its own, but for `NewTree` ops.
+    fn per_entry<'a>(ops: impl Iterator<Item = &'a Op>) -> Layout {
+        let place = |op: &Op| if matches!(op, Op::NewTree { .. }) { Place::NewTree } else { Place::Entry };
+        Layout { places: ops.map(place).collect() }
     }
 
     /// The place of op `index` ([`Place::Entry`] beyond the ops it was made from).

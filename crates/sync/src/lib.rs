@@ -7,6 +7,7 @@
 //! - [`tree_fs`]: [`TreeRoot`], reaching paths under a root without following symlinks.
 //! - [`stage`]: [`Staging`], content written and verified under temporary names.
 //! - [`layout`]: which ops are staged one by one and which as whole new subtrees.
+//! - [`writes`]: [`Writes`], every file and symlink a plan stages, numbered.
 //! - [`trash`]: [`Trash`], content-addressed hard links to every replaced or deleted file.
 //! - [`journal`]: the record that makes a switch survive a crash.
 //! - [`apply`]: [`apply()`](apply::apply) the journaled switch, [`recover`] after a crash.
@@ -31,6 +32,7 @@ pub mod remote;
 pub mod stage;
 pub mod trash;
 pub mod tree_fs;
+pub mod writes;
 
 pub use apply::{Applied, ApplyError, ApplyOptions, Recovery, StepControl, recover};
 pub use capacity::{CapacityProbe, FakeProbe, Space, StatvfsProbe};
@@ -39,3 +41,4 @@ pub use lock::{Busy, LockGuard, TreeLock};
 pub use stage::{LocalSource, StageError, StagedWriter, Staging, stage_from_local};
 pub use trash::Trash;
 pub use tree_fs::{TreeFsError, TreeRoot};
+pub use writes::{Write, Writes, Written};

@@ -5,9 +5,10 @@
 //! filesystem so the switch is a `rename`. The plan's [`Layout`] says where each
 //! op goes: a `WriteFile` or `Symlink` op has an entry named by its index in the
 //! plan, in subdirectories of [`ENTRIES_PER_DIR`] entries ([`entry_name`]); a
-//! subtree the plan creates is built whole under `tree/` at its own paths
-//! ([`crate::layout::staged_path`]), each directory made when the first entry in
-//! it is staged (the rest, empty ones, by [`Staging::finish`]). A file is
+//! subtree the plan creates (a `NewTree` op) is built whole under `tree/` at its
+//! own paths ([`crate::layout::staged_path`]), each directory made when the first
+//! entry in it is staged (the rest, empty ones, by [`Staging::finish`], which
+//! also gives the directories below its top their modes and mtimes). A file is
 //! created with its final mode and streamed into its entry while BLAKE3 hashes
 //! it; a wrong size or hash removes the entry and fails with
 //! [`StageError::HashMismatch`] / [`StageError::ShortContent`] /
@@ -26,14 +27,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use manifest::{FileMeta, Hash, Manifest, Op, Owner, Plan, RelPath, SymlinkMeta};
+use manifest::{FileMeta, Hash, Manifest, Node, Op, Owner, Plan, RelPath, SymlinkMeta, Timestamp};
 use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::history::SyncId;
 use crate::layout::{Layout, Place, staged_path};
 use crate::trash::Trash;
-use crate::tree_fs::{EntryStat, TreeFsError, TreeRoot, io_error, mtime_only, set_inode_meta};
+use crate::tree_fs::{EntryKind, EntryStat, TreeFsError, TreeRoot, io_error, mtime_only, set_inode_meta, set_meta_at};
+use crate::writes::{Writes, Written};
 
 /// Where staging directories live, relative to the tree root.
 pub const STAGING_DIR: &str = ".stagingd/staging";
@@ -58,7 +60,8 @@ pub enum StageError {
         source: io::Error,
     },
     #[error(
-        "op {index} ({path}) has nothing staged; every WriteFile and Symlink op, and every directory of a new subtree, must be"
+        "{path} (op {index}) has nothing staged; every file and symlink a plan writes, and every directory of a new \
+         subtree, must be"
     )]
     NotStaged { index: usize, path: RelPath },
     #[error(transparent)]
@@ -74,16 +77,31 @@ pub struct Staging {
     dir: Arc<OwnedFd>,
     preserve_owner: bool,
     layout: Layout,
-    /// The staged name of every directory of the plan's new subtrees, in plan
-    /// order, with the owner to give it: made by [`Staging::finish`] if staging
-    /// their entries did not.
-    new_dirs: Vec<(Vec<u8>, Option<Owner>)>,
+    /// Every directory of the plan's new subtrees, parents first: made by
+    /// [`Staging::finish`] if staging their entries did not.
+    new_dirs: Vec<NewDir>,
     /// The staging directory's host path as shown in messages (made once: staged
     /// files name themselves only when something fails).
     shown_dir: Arc<str>,
     flusher: Arc<Flusher>,
     /// Set by [`Staging::finish`], cleared by any later write (staging may run on several threads).
     durable: AtomicBool,
+}
+
+/// A directory of a new subtree, as staging leaves it.
+#[derive(Debug)]
+struct NewDir {
+    /// The `MkDir` or `NewTree` op that creates it (or the directory it is below).
+    op: usize,
+    /// Its name in the staging directory.
+    name: Vec<u8>,
+    /// The owner to give it, when owners are preserved.
+    owner: Option<Owner>,
+    /// Its final mode and mtime, for a directory below a `NewTree` op's top:
+    /// set in staging by [`Staging::finish`], since the switch only renames the
+    /// top (whose own come with a `SetDirMeta` op, like every directory in the
+    /// tree).
+    meta: Option<(u32, Timestamp)>,
 }
 
 /// Staged entries per subdirectory of a staging directory. One flat directory of
@@ -180,8 +198,9 @@ impl Staging {
     /// The directories of the subtrees the plan creates are not made here, so
     /// the fetch starts at once: each is made (0700) when the first entry inside
     /// it is staged, by whichever stream stages it, and [`Staging::finish`]
-    /// makes the rest (empty ones) and sets their owners. Their modes and mtimes
-    /// are set in the tree, by the switch, once they are full.
+    /// makes the rest (empty ones), sets their owners, and the modes and mtimes
+    /// of those below a `NewTree` op's top. The tops' modes and mtimes are set
+    /// in the tree, by the switch.
     pub fn create(root: &Path, sync_id: &SyncId, preserve_owner: bool, ops: &[Op]) -> Result<Self, StageError> {
         let tree = TreeRoot::open(root)?;
         let rel = Self::rel_dir(sync_id);
@@ -189,24 +208,53 @@ impl Staging {
         spread_subdirectories(&dir);
         let mut staging = Self::with_dir(tree, sync_id, rel, dir, preserve_owner, false);
         staging.layout = Layout::of(ops.iter());
-        staging.new_dirs = ops
-            .iter()
-            .enumerate()
-            .filter(|&(index, _)| staging.layout.place(index) != Place::Entry)
-            .filter_map(|(_, op)| match op {
-                Op::MkDir { path, meta } => Some((staged_path(path), staging.owner(meta.owner))),
-                _ => None,
-            })
-            .collect();
+        let mut new_dirs = Vec::new();
+        for (index, op) in ops.iter().enumerate() {
+            if staging.layout.place(index) == Place::Entry {
+                continue;
+            }
+            match op {
+                Op::MkDir { path, meta } => {
+                    new_dirs.push(NewDir {
+                        op: index,
+                        name: staged_path(path),
+                        owner: staging.owner(meta.owner),
+                        meta: None,
+                    });
+                }
+                Op::NewTree { path, meta, tree, .. } => {
+                    new_dirs.push(NewDir {
+                        op: index,
+                        name: staged_path(path),
+                        owner: staging.owner(meta.owner),
+                        meta: None,
+                    });
+                    let Some(tree) = tree else { continue };
+                    tree.for_each_below(path, &mut |path, node| {
+                        if let Node::Dir(d) = node {
+                            new_dirs.push(NewDir {
+                                op: index,
+                                name: staged_path(path),
+                                owner: staging.owner(d.meta.owner),
+                                meta: Some((d.meta.mode, d.meta.mtime)),
+                            });
+                        }
+                    });
+                }
+                _ => {}
+            }
+        }
+        staging.new_dirs = new_dirs;
         Ok(staging)
     }
 
     /// Makes every directory of the plan's new subtrees that staging their
     /// entries did not (parents first, as the plan lists them), and sets the
-    /// owners of all of them. Nothing else in a sync touches these directories
-    /// before the switch.
+    /// owners of all of them; then, children first, the modes and mtimes of
+    /// those below a `NewTree` op's top. Nothing else in a sync touches these
+    /// directories before the switch.
     fn make_new_dirs(&self) -> Result<(), StageError> {
-        for (name, owner) in &self.new_dirs {
+        for NewDir { name, owner, .. } in &self.new_dirs {
             match self.creating(name, || rustix::fs::mkdirat(&*self.dir, name.as_slice(), Mode::from_raw_mode(0o700))) {
                 Ok(()) | Err(Errno::EXIST) => {}
                 Err(e) => return Err(io_error("create staged directory", self.shown(name), e).into()),
@@ -226,6 +274,11 @@ impl Staging {
                 )
                 .map_err(|e| io_error("set owner of staged directory", shown(), e))?;
             }
+        }
+        for NewDir { name, owner, meta, .. } in self.new_dirs.iter().rev() {
+            let Some((mode, mtime)) = *meta else { continue };
+            set_meta_at(&*self.dir, name, EntryKind::Dir, mode, mtime, *owner)
+                .map_err(|e| io_error("set metadata of staged directory", self.shown(name), e))?;
         }
         Ok(())
     }
@@ -452,32 +505,36 @@ impl Staging {
         Ok(())
     }
 
-    /// Checks that every `WriteFile` and `Symlink` op of `plan`, and every directory
-    /// of a new subtree, has a staged entry of the right kind (and size), before
+    /// Checks that every file and symlink `plan` writes, and every directory of
+    /// a new subtree, has a staged entry of the right kind (and size), before
     /// the journal commits to them.
     pub fn check_complete(&self, plan: &Plan) -> Result<(), StageError> {
-        use crate::tree_fs::EntryKind;
-        let indices: Vec<usize> = (0..plan.ops.len()).collect();
-        crate::cores::on_every_core(&indices, |indices| {
-            for &index in indices {
-                let op = &plan.ops[index];
-                let expected = match op {
-                    Op::WriteFile { file, .. } => Some((EntryKind::File, file.size)),
-                    Op::Symlink { .. } => Some((EntryKind::Symlink, 0)),
-                    Op::MkDir { .. } if self.layout.place(index) != Place::Entry => Some((EntryKind::Dir, 0)),
-                    _ => None,
+        let lstat = |name: &[u8]| {
+            crate::tree_fs::lstat_at(&self.dir, name).map_err(|e| io_error("check staged entry", self.shown(name), e))
+        };
+        let writes = Writes::of(plan);
+        let numbers: Vec<usize> = (0..writes.len()).collect();
+        crate::cores::on_every_core(&numbers, |numbers| {
+            for &n in numbers {
+                let write = writes.get(n);
+                let (kind, size) = match write.written {
+                    Written::File(file) => (EntryKind::File, file.size),
+                    Written::Symlink(_) => (EntryKind::Symlink, 0),
                 };
-                let Some((kind, size)) = expected else { continue };
-                let name = self.staged_name(index, op.path());
-                let found = crate::tree_fs::lstat_at(&self.dir, &name)
-                    .map_err(|e| io_error("check staged entry", self.shown(&name), e))?;
-                match found {
+                let name = self.staged_name(write.op, &write.path);
+                match lstat(&name)? {
                     Some(st) if st.kind == kind && (kind != EntryKind::File || st.size == size) => {}
-                    _ => return Err(StageError::NotStaged { index, path: op.path().clone() }),
+                    _ => return Err(StageError::NotStaged { index: write.op, path: write.path.into_owned() }),
                 }
             }
             Ok(Vec::<()>::new())
         })?;
+        for NewDir { op, name, .. } in &self.new_dirs {
+            if lstat(name)?.map(|st| st.kind) != Some(EntryKind::Dir) {
+                let path = RelPath::new(&name[crate::layout::TREE_DIR.len() + 1..]).expect("staged from a RelPath");
+                return Err(StageError::NotStaged { index: *op, path });
+            }
+        }
         Ok(())
     }
 
@@ -492,15 +549,42 @@ fn shown_in(dir: &str, name: &[u8]) -> String {
     format!("{dir}/{}", manifest::path::escape(name))
 }
 
-/// `remove_dir_all` that tolerates a missing directory (std's never follows symlinks).
+/// `remove_dir_all` that tolerates a missing directory (std's never follows
+/// symlinks). The directories below a new subtree's top get their final modes
+/// in staging; where one is not writable and the daemon is not root, every
+/// directory is made writable by its owner and the removal tried again.
 pub(crate) fn remove_dir_all(path: &Path) -> Result<(), TreeFsError> {
-    match std::fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
+    let remove = || match std::fs::remove_dir_all(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => {
-            Err(TreeFsError::Io { op: "remove staging directory", path: path.display().to_string(), source })
+        other => other,
+    };
+    let removed = match remove() {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => open_up_dirs(path).and_then(|()| remove()),
+        other => other,
+    };
+    removed.map_err(|source| TreeFsError::Io {
+        op: "remove staging directory",
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Adds the owner's read, write and search bits to every directory below
+/// `path`, never following a symlink.
+fn open_up_dirs(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(path)? {
+        let entry = entry?;
+        let meta = entry.path().symlink_metadata()?;
+        if meta.is_dir() {
+            let mode = meta.permissions().mode();
+            if mode & 0o700 != 0o700 {
+                std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode | 0o700))?;
+            }
+            open_up_dirs(&entry.path())?;
         }
     }
+    Ok(())
 }
 
 /// Where a local copy comes from.
@@ -579,36 +663,31 @@ impl Drop for StagedWriter {
     }
 }
 
-/// Stages every `WriteFile` and `Symlink` op of `plan` from local content only:
-/// the trash first, then any path of `current` with the same hash. Rollback uses
-/// it (all its content is local); a sync uses it before fetching the rest.
-/// Returns the indices of `WriteFile` ops that had no usable local copy.
-pub fn stage_from_local(
+/// Stages every file and symlink `writes` lists from local content only: the
+/// trash first, then any path of `current` with the same hash. Rollback uses it
+/// (all its content is local); a sync uses it before fetching the rest.
+/// Returns the numbers of the file writes that had no usable local copy.
+pub fn stage_from_local<P: std::ops::Deref<Target = Plan>>(
     staging: &Staging,
-    plan: &Plan,
+    writes: &Writes<P>,
     current: &Manifest,
     trash: &Trash,
 ) -> Result<Vec<usize>, StageError> {
     // One path per content the plan writes: a walk that builds a path only for
     // the files whose content is wanted (a small plan on a big tree allocates a
     // handful, not one per file).
-    let wanted: manifest::hash::HashSet = plan
-        .ops
-        .iter()
-        .filter_map(|op| match op {
-            Op::WriteFile { file, .. } => Some(file.hash),
-            _ => None,
-        })
-        .collect();
+    let wanted: manifest::hash::HashSet = (0..writes.len()).filter_map(|n| writes.file(n)).map(|f| f.hash).collect();
     let by_hash = current.paths_of_contents(&wanted);
     // One listing of the trash rather than a lookup per file (a full copy writes
     // 150,000); a listed object that is not a usable file fails its copy below.
     let in_trash: std::collections::HashSet<Hash> = trash.hashes()?.into_iter().collect();
     let mut missing = Vec::new();
-    for (index, op) in plan.ops.iter().enumerate() {
-        match op {
-            Op::Symlink { path, link, .. } => staging.stage_symlink(index, path, link)?,
-            Op::WriteFile { path, file, .. } => {
+    for n in 0..writes.len() {
+        let write = writes.get(n);
+        let (index, path) = (write.op, &*write.path);
+        match write.written {
+            Written::Symlink(link) => staging.stage_symlink(index, path, link)?,
+            Written::File(file) => {
                 let mut sources = Vec::new();
                 if in_trash.contains(&file.hash) {
                     sources.push(LocalSource::Trash);
@@ -635,11 +714,44 @@ pub fn stage_from_local(
                     }
                 }
                 if !staged {
-                    missing.push(index);
+                    missing.push(n);
                 }
             }
-            _ => {}
         }
     }
     Ok(missing)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn staging_directories_left_without_write_or_search_permission_are_opened_up_for_removal() {
+        // Staging gives the directories below a new subtree's top their final
+        // modes; a daemon that is not root must still be able to remove them.
+        let dir = tempfile::tempdir().unwrap();
+        let staging = dir.path().join("s1-x");
+        let deep = staging.join("tree/new/ro/none");
+        std::fs::create_dir_all(&deep).unwrap();
+        std::fs::write(deep.join("f"), b"x").unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, staging.join("tree/new/link")).unwrap();
+        let mode = |path: &Path| std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777;
+        let set =
+            |path: &Path, mode: u32| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        set(&outside, 0o500);
+        set(&deep, 0o000);
+        set(deep.parent().unwrap(), 0o555);
+        open_up_dirs(&staging).unwrap();
+        assert_eq!(mode(deep.parent().unwrap()), 0o755);
+        assert_eq!(mode(&deep), 0o700);
+        assert_eq!(mode(&outside), 0o500, "symlinks are not followed");
+        remove_dir_all(&staging).unwrap();
+        assert!(!staging.exists());
+        remove_dir_all(&staging).unwrap();
+    }
 }
