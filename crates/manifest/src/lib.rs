@@ -54,5 +54,5 @@ pub use plan::{Op, Plan, PlanError, PlanId, PlanTotals, diff};
 pub use scan::{Scan, ScanError, ScanOptions, ScanReport, SkipReason, Skipped, scan};
 pub use tree::{
     Batch, DIR_HASH_CONTEXT, Dir, DirMeta, Entry, FileMeta, HashInput, Kind, Manifest, Node, Owner, StatKey,
-    SymlinkMeta, Timestamp, Totals, hash_listing,
+    SymlinkMeta, Timestamp, Totals, WalkBelow, hash_listing,
 };

@@ -210,6 +210,19 @@ impl Plan {
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
+
+    /// Drops the `NewTree` ops' references to the target's subtrees, keeping
+    /// their paths, metadata and hashes (and so the plan id). Once a subtree is
+    /// staged, the switch needs only its top's name, and what is below it can be
+    /// read from the target manifest, which can then record stat keys in place:
+    /// while the plan shared them, doing so copied every directory below.
+    pub fn release_subtrees(&mut self) {
+        for op in &mut self.ops {
+            if let Op::NewTree { tree, .. } = op {
+                *tree = None;
+            }
+        }
+    }
 }
 
 /// The plan that turns `from` into `to`.

@@ -263,18 +263,6 @@ impl Dir {
         }
     }
 
-    /// The directory at `components` below this one (this one for none).
-    pub fn descend<'a>(&self, components: impl IntoIterator<Item = &'a [u8]>) -> Option<&Dir> {
-        let mut dir = self;
-        for name in components {
-            match dir.child(name)? {
-                Node::Dir(d) => dir = d,
-                _ => return None,
-            }
-        }
-        Some(dir)
-    }
-
     pub fn child(&self, name: &[u8]) -> Option<&Node> {
         self.position(name).ok().map(|i| &self.children[i].node)
     }
@@ -601,6 +589,68 @@ impl Manifest {
     }
 }
 
+/// Every entry below a directory, in the order [`Dir::for_each_below`] visits
+/// them, one at a time, without borrowing the manifest between steps: the
+/// caller can change the entries it has been given (their metadata, not which
+/// entries there are) before it asks for the next one. Each step finds its
+/// directory again from the manifest's root, `depth` lookups by position.
+#[derive(Debug, Clone)]
+pub struct WalkBelow {
+    /// The directory walked, and the directory the next entry is in.
+    base: RelPath,
+    dir: RelPath,
+    /// The components of `dir` below `base`, with their positions in their parents.
+    positions: Vec<usize>,
+    /// The position of the next entry in `dir`.
+    next: usize,
+}
+
+impl WalkBelow {
+    /// A walk below the directory at `base`.
+    pub fn new(base: RelPath) -> Self {
+        Self { dir: base.clone(), base, positions: Vec::new(), next: 0 }
+    }
+
+    /// The next entry's path and node; `None` when the walk is over, or when
+    /// `manifest` has no directory at the walk's base or lost entries during it.
+    pub fn next<'m>(&mut self, manifest: &'m Manifest) -> Option<(RelPath, &'m Node)> {
+        loop {
+            let dir = self.current(manifest)?;
+            match dir.children.get(self.next) {
+                Some(entry) => {
+                    let path = self.dir.join(&entry.name).expect("manifest names are validated on entry");
+                    if matches!(entry.node, Node::Dir(_)) {
+                        self.positions.push(self.next);
+                        self.dir = path.clone();
+                        self.next = 0;
+                    } else {
+                        self.next += 1;
+                    }
+                    return Some((path, &entry.node));
+                }
+                None => {
+                    // Back up to the parent, after the directory just finished.
+                    let position = self.positions.pop()?;
+                    self.dir = self.dir.parent().expect("below the base there is a parent");
+                    self.next = position + 1;
+                }
+            }
+        }
+    }
+
+    /// The directory the next entry is in.
+    fn current<'m>(&self, manifest: &'m Manifest) -> Option<&'m Dir> {
+        let mut dir = manifest.dir(&self.base)?;
+        for &position in &self.positions {
+            match &dir.children.get(position)?.node {
+                Node::Dir(d) => dir = d,
+                _ => return None,
+            }
+        }
+        Some(dir)
+    }
+}
+
 /// Changes to a manifest whose hashes are recomputed when the batch ends
 /// (see [`Manifest::batch`]).
 #[derive(Debug)]
@@ -667,6 +717,41 @@ mod tests {
 
     fn p(s: &str) -> RelPath {
         RelPath::new(s).unwrap()
+    }
+
+    #[test]
+    fn a_walk_below_a_directory_visits_what_for_each_below_does_while_its_entries_change() {
+        let mut m = Manifest::empty();
+        let dir = || Node::Dir(Dir::empty(DirMeta { mode: 0o755, ..Default::default() }).into());
+        for path in ["a", "a/b", "a/b/c", "a/e", "z"] {
+            m.insert(&p(path), dir()).unwrap();
+        }
+        for path in ["a/0", "a/b/c/f", "a/b/g", "a/h", "z/i", "top"] {
+            m.insert(&p(path), file(path.as_bytes())).unwrap();
+        }
+        let mut expected = Vec::new();
+        m.root().for_each_below(&RelPath::root(), &mut |path, _| expected.push(path.to_string()));
+        let mut walk = WalkBelow::new(RelPath::root());
+        let mut walked = Vec::new();
+        let owner = Owner { uid: 7, gid: 8 };
+        while let Some((path, _)) = walk.next(&m) {
+            walked.push(path.to_string());
+            // Record stat facts between steps, as the apply's verify does.
+            m.set_local_facts(&path, owner, None).unwrap();
+        }
+        assert_eq!(walked, expected);
+        assert!(m.walk().iter().all(|(_, node)| match node {
+            Node::File(f) => f.owner == owner,
+            Node::Dir(d) => d.meta.owner == owner,
+            Node::Symlink(_) => false,
+        }));
+        // Below one directory only; nothing below a file or a missing path.
+        let mut walk = WalkBelow::new(p("a/b"));
+        let below: Vec<String> = std::iter::from_fn(|| walk.next(&m).map(|(path, _)| path.to_string())).collect();
+        assert_eq!(below, ["a/b/c", "a/b/c/f", "a/b/g"]);
+        assert!(WalkBelow::new(p("top")).next(&m).is_none());
+        assert!(WalkBelow::new(p("nowhere")).next(&m).is_none());
+        assert!(WalkBelow::new(p("a/e")).next(&m).is_none());
     }
 
     #[test]

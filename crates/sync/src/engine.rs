@@ -341,7 +341,9 @@ async fn apply_plan<P: PeerSource>(
     let missing_bytes: u64 = missing.iter().map(|&n| file_size(&writes, n)).sum();
     report.bytes_copied_locally = plan.totals.bytes_to_write - missing_bytes;
 
-    if !missing.is_empty() {
+    if missing.is_empty() {
+        drop(writes);
+    } else {
         let fetched = match peer {
             Some(peer) => fetch_missing(peer, &staging, writes, &missing, events).await,
             None => Err(format!(
@@ -359,6 +361,16 @@ async fn apply_plan<P: PeerSource>(
     }
 
     tracing::debug!(tree = %setup.name, millis = phase.elapsed().as_millis() as u64, "fetched");
+    // Everything is staged: the switch renames each new subtree by its top, and
+    // the verify reads what is below it from the target, recording stat keys in
+    // place. Holding on to the subtrees here would make that copy every directory.
+    let plan = match Arc::try_unwrap(plan) {
+        Ok(mut plan) => {
+            plan.release_subtrees();
+            Arc::new(plan)
+        }
+        Err(shared) => shared,
+    };
     let phase = Instant::now();
     let saved_before = match saving_before.await {
         Ok(saved) => saved,

@@ -507,12 +507,13 @@ impl Staging {
 
     /// Checks that every file and symlink `plan` writes, and every directory of
     /// a new subtree, has a staged entry of the right kind (and size), before
-    /// the journal commits to them.
-    pub fn check_complete(&self, plan: &Plan) -> Result<(), StageError> {
+    /// the journal commits to them. The subtrees are read from `target`, the
+    /// manifest `plan` leads to.
+    pub fn check_complete(&self, plan: &Plan, target: &Manifest) -> Result<(), StageError> {
         let lstat = |name: &[u8]| {
             crate::tree_fs::lstat_at(&self.dir, name).map_err(|e| io_error("check staged entry", self.shown(name), e))
         };
-        let writes = Writes::of(plan);
+        let writes = Writes::in_target(plan, target);
         let numbers: Vec<usize> = (0..writes.len()).collect();
         crate::cores::on_every_core(&numbers, |numbers| {
             for &n in numbers {

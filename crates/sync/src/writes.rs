@@ -3,17 +3,19 @@
 //!
 //! A full copy to an empty master is a handful of `NewTree` ops over 150,000
 //! files. [`Writes`] numbers those files without a path or a copy of their
-//! metadata each: 8 bytes a file (which directory, which child), and one path
-//! per directory of the new subtrees. A file's path is made when it is asked
-//! for, by the stream that stages it.
+//! metadata each: 8 bytes a file (which directory, which child), and for each
+//! directory of the new subtrees its path and a reference to it (shared with
+//! the plan and the target: nothing below it is copied). A file's path is made
+//! when it is asked for, by the stream that stages it.
 //!
 //! Each write names the op that stages it: its own op, or the `NewTree` op it is
 //! below, whose [`crate::layout::Place`] puts it in staging at its own path.
 
 use std::borrow::Cow;
 use std::ops::Deref;
+use std::sync::Arc;
 
-use manifest::{Dir, FileMeta, Node, Op, Plan, RelPath, SymlinkMeta};
+use manifest::{Dir, FileMeta, Manifest, Node, Op, Plan, RelPath, SymlinkMeta};
 
 /// What one write puts in the tree.
 #[derive(Debug, Clone, Copy)]
@@ -41,6 +43,16 @@ impl Write<'_> {
     }
 }
 
+/// A directory of a new subtree: the index of its `NewTree` op, its path, and
+/// the directory (a hash lookup sorts the writes by the hash of each file: a
+/// search down from the op's top for each took seconds).
+#[derive(Debug)]
+struct NewDir {
+    op: u32,
+    path: RelPath,
+    dir: Arc<Dir>,
+}
+
 /// A write by position: an op of its own (`dir == OWN_OP`, `child` is the op's
 /// index), or child `child` of directory `dir` of [`Writes::dirs`].
 #[derive(Debug, Clone, Copy)]
@@ -56,9 +68,8 @@ const OWN_OP: u32 = u32::MAX;
 #[derive(Debug)]
 pub struct Writes<P> {
     plan: P,
-    /// Every directory below the plan's `NewTree` ops, their tops included:
-    /// the index of the op and the directory's path.
-    dirs: Vec<(u32, RelPath)>,
+    /// Every directory below the plan's `NewTree` ops, their tops included.
+    dirs: Vec<NewDir>,
     slots: Vec<Slot>,
 }
 
@@ -68,18 +79,32 @@ impl<P: Deref<Target = Plan>> Writes<P> {
     /// the subtree lists them).
     ///
     /// # Panics
-    /// On a `NewTree` op without its subtree (one read back from a journal) and
-    /// on a plan of 2^32 ops or more: neither can come out of a diff.
+    /// On a `NewTree` op without its subtree (its plan released them, see
+    /// [`Plan::release_subtrees`]) and on a plan of 2^32 ops or more: neither
+    /// can come out of a diff.
     pub fn of(plan: P) -> Self {
+        Self::build(plan, |_, tree| tree.clone().expect("a plan's NewTree op holds its subtree"))
+    }
+
+    /// [`Writes::of`] with the subtrees below `NewTree` ops read from `target`,
+    /// the manifest the plan leads to, whether or not the ops still hold them.
+    ///
+    /// # Panics
+    /// If a `NewTree` op's path is not a directory in `target`.
+    pub fn in_target(plan: P, target: &Manifest) -> Self {
+        Self::build(plan, |path, _| match target.get(path) {
+            Some(Node::Dir(tree)) => Arc::clone(tree),
+            _ => panic!("{path}: a NewTree op's path is not a directory of the plan's target"),
+        })
+    }
+
+    fn build(plan: P, subtree: impl Fn(&RelPath, &Option<Arc<Dir>>) -> Arc<Dir>) -> Self {
         let (mut dirs, mut slots) = (Vec::new(), Vec::new());
         for (index, op) in plan.ops.iter().enumerate() {
             let index = u32::try_from(index).expect("a plan has < 2^32 ops");
             match op {
                 Op::WriteFile { .. } | Op::Symlink { .. } => slots.push(Slot { dir: OWN_OP, child: index }),
-                Op::NewTree { path, tree, .. } => {
-                    let tree = tree.as_deref().expect("a plan's NewTree op holds its subtree");
-                    add_dir(index, path, tree, &mut dirs, &mut slots);
-                }
+                Op::NewTree { path, tree, .. } => add_dir(index, path, &subtree(path, tree), &mut dirs, &mut slots),
                 _ => {}
             }
         }
@@ -110,8 +135,8 @@ impl<P: Deref<Target = Plan>> Writes<P> {
             };
             return Write { op, path: Cow::Borrowed(path), written };
         }
-        let (op, dir_path) = &self.dirs[slot.dir as usize];
-        let entry = &self.dir(slot.dir).children()[slot.child as usize];
+        let NewDir { op, path: dir_path, dir } = &self.dirs[slot.dir as usize];
+        let entry = &dir.children()[slot.child as usize];
         let written = match &entry.node {
             Node::File(file) => Written::File(file),
             Node::Symlink(link) => Written::Symlink(link),
@@ -130,30 +155,20 @@ impl<P: Deref<Target = Plan>> Writes<P> {
                 _ => return None,
             }
         } else {
-            &self.dir(slot.dir).children()[slot.child as usize].node
+            &self.dirs[slot.dir as usize].dir.children()[slot.child as usize].node
         };
         match node {
             Node::File(file) => Some(file),
             _ => None,
         }
     }
-
-    /// Directory `n` of `dirs`, found from its `NewTree` op's subtree.
-    fn dir(&self, n: u32) -> &Dir {
-        let (op, path) = &self.dirs[n as usize];
-        let Op::NewTree { path: top, tree: Some(tree), .. } = &self.plan.ops[*op as usize] else {
-            unreachable!("dirs are below NewTree ops that hold their subtrees")
-        };
-        let below = path.components().skip(top.components().count());
-        tree.descend(below).expect("dirs are paths in their op's subtree")
-    }
 }
 
 /// Numbers `dir` (at `path`, below op `op`) and the files and symlinks in it,
 /// then the directories in it.
-fn add_dir(op: u32, path: &RelPath, dir: &Dir, dirs: &mut Vec<(u32, RelPath)>, slots: &mut Vec<Slot>) {
+fn add_dir(op: u32, path: &RelPath, dir: &Arc<Dir>, dirs: &mut Vec<NewDir>, slots: &mut Vec<Slot>) {
     let n = u32::try_from(dirs.len()).expect("a plan creates < 2^32 directories");
-    dirs.push((op, path.clone()));
+    dirs.push(NewDir { op, path: path.clone(), dir: Arc::clone(dir) });
     for (child, entry) in dir.children().iter().enumerate() {
         if !matches!(entry.node, Node::Dir(_)) {
             slots.push(Slot { dir: n, child: u32::try_from(child).expect("a directory has < 2^32 entries") });
@@ -216,6 +231,13 @@ mod tests {
                 (write.op, write.path.to_string(), size)
             })
             .collect();
+        // The same writes with the subtrees read from the target, after the plan let go of them.
+        let mut released = plan.clone();
+        released.release_subtrees();
+        let from_target = Writes::in_target(&released, &to);
+        let paths =
+            |writes: &Writes<&Plan>| (0..writes.len()).map(|n| writes.get(n).path.to_string()).collect::<Vec<_>>();
+        assert_eq!(paths(&from_target), paths(&writes));
         let new_tree = plan.ops.iter().position(|op| matches!(op, Op::NewTree { .. })).unwrap();
         let top = plan.ops.iter().position(|op| matches!(op, Op::WriteFile { .. })).unwrap();
         assert_eq!(

@@ -254,6 +254,38 @@ fn a_new_subtree_is_built_in_staging_and_switched_by_renaming_its_top_directory(
 }
 
 #[test]
+fn once_the_plan_releases_its_subtrees_the_verify_records_stat_keys_without_copying_a_directory() {
+    let dirs: &[&'static [u8]] = &[b"php-1.45", b"php-1.45/includes", b"php-1.45/includes/api"];
+    let files: Files = (0..40)
+        .map(|i| (format!("{}/f{i}.php", ["php-1.45", "php-1.45/includes", "php-1.45/includes/api"][i % 3]), i))
+        .map(|(path, i)| (path.into_bytes(), format!("<?php // {i}").into_bytes()))
+        .collect();
+    let f = Fixture::new(&[], &to_entries(&files, dirs));
+    let (old, mut plan, staging) = f.stage();
+    let mut target = old.clone();
+    target.apply(&plan).unwrap();
+    plan.release_subtrees();
+    let dir_at = |m: &Manifest, path: &[u8]| match m.get(&rel(path)) {
+        Some(manifest::Node::Dir(d)) => std::sync::Arc::as_ptr(d),
+        other => panic!("{other:?}"),
+    };
+    let before = [dir_at(&target, b"php-1.45"), dir_at(&target, b"php-1.45/includes/api")];
+    let applied =
+        sync::apply::apply_to(&f.root, &f.state, &old, &plan, target, &staging, &ApplyOptions::default()).unwrap();
+    let after = [dir_at(&applied.manifest, b"php-1.45"), dir_at(&applied.manifest, b"php-1.45/includes/api")];
+    assert_eq!(after, before, "the directories were updated in place, not copied");
+    // And the stat keys are the files' own: the next scan re-reads nothing.
+    assert_eq!(scan(&f.root).root_hash(), applied.manifest.root_hash());
+    let Some(manifest::Node::File(file)) = applied.manifest.get(&rel(b"php-1.45/includes/api/f5.php")) else {
+        panic!("no file")
+    };
+    let ino = std::os::unix::fs::MetadataExt::ino(
+        &fs::symlink_metadata(f.root.join("php-1.45/includes/api/f5.php")).unwrap(),
+    );
+    assert_eq!(file.stat.ino, ino);
+}
+
+#[test]
 fn a_new_subtree_with_a_path_too_long_to_stage_whole_is_switched_entry_by_entry_around_whole_subtrees() {
     // "long" holds a 3,338-byte path, past what staging can open at its own path:
     // it is created entry by entry, but "long/short", beside the long chain, is
