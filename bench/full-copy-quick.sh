@@ -3,7 +3,8 @@
 # reference tree, and each run starts daemon b on an empty tree and times one
 # `stagingctl sync --from a`. Per run it prints the wall time, the CPU each daemon spent on
 # the sync (utime + stime from /proc/PID/stat), both daemons' peak RSS over the sync and b's phase log lines;
-# RSS=1 writes both daemons' RSS in KiB every 100 ms to WORKDIR/quick/rss.N.txt.
+# RSS=1 writes both daemons' RSS in KiB every 100 ms to WORKDIR/quick/rss.N.txt; SETTLE=S
+# waits S seconds after each sync and reports b's peak again (its watcher runs after the sync).
 # The comparison against rsync and the copy floor is bench/sync.sh; this is for profiling.
 #
 #   bench/full-copy-quick.sh [--runs N] [--workdir DIR] [--files N]
@@ -29,6 +30,7 @@ repo=$(bench_repo_root)
 build_daemon_binaries "$repo"
 mkdir -p "$workdir"
 tree=$(ensure_tree "$files" 1 "$workdir")
+warn_watch_limit "$tree" 2
 out=$workdir/quick
 [[ -d $out ]] && rm -rf "$out"
 mkdir -p "$out/a/state" "$out/b"
@@ -39,11 +41,18 @@ pid_a="" pid_b=""
 # on the benchmark filesystem takes ~168,000 of its inodes, and bench/sync.sh needs ~700,000.
 cleanup() {
     [[ -n $pid_a ]] && kill -TERM "$pid_a" 2>/dev/null
-    [[ -n $pid_b ]] && kill -TERM "$pid_b" 2>/dev/null
+    [[ -n $pid_b ]] && stop_b
     wait 2>/dev/null || true
     rm -rf "$out/a/tree" "$out/b"
 }
 trap cleanup EXIT
+
+# stop_b: stops daemon b, and under BWRAP the daemon the wrapper started (heaptrack is a
+# script: stopping it alone left the daemon running).
+stop_b() {
+    pkill -TERM -P "$pid_b" 2>/dev/null || true
+    kill -TERM "$pid_b" 2>/dev/null && wait "$pid_b" 2>/dev/null || true
+}
 
 # vm_rss PID: the process's resident size in KiB, read without a fork.
 vm_rss() {
@@ -70,7 +79,7 @@ warm=$(warm_read_cmd "$out/a/tree")
 
 for ((r = 1; r <= runs; r++)); do
     if [[ -n $pid_b ]]; then
-        kill -TERM "$pid_b" && wait "$pid_b" || true
+        stop_b
         pid_b=""
     fi
     rm -rf "$out/b"
@@ -109,6 +118,14 @@ for ((r = 1; r <= runs; r++)); do
     : >"$out/times"
     time_cmd "$out/times" "$ctl" --admin-socket "$out/b.sock" sync --from a --json >"$out/sync.$r.json"
     cpu_a1=$(proc_cpu_ticks "$pid_a") cpu_b1=$(proc_cpu_ticks "$pid_b")
+    hwm_b=$(proc_status_kib "$pid_b" VmHWM)
+    if [[ -n ${SETTLE:-} ]]; then
+        # What b does after the sync returns (its watcher folds in the switch's events)
+        # counts towards its peak too: wait SETTLE seconds and read the peak again.
+        sleep "$SETTLE"
+        printf 'run %d: peak RSS b %s KiB at the end of the sync, %s KiB %s s later\n' "$r" "$hwm_b" \
+            "$(proc_status_kib "$pid_b" VmHWM)" "$SETTLE"
+    fi
     [[ -n $rss_pid ]] && kill "$rss_pid" && wait "$rss_pid" 2>/dev/null || true
     [[ -n $perf_pid ]] && kill -INT "$perf_pid" && wait "$perf_pid" || true
     grep -q '"outcome": "applied"' "$out/sync.$r.json" || die "run $r: sync not applied; see $out/sync.$r.json and $out/b.$r.log"
@@ -116,6 +133,6 @@ for ((r = 1; r <= runs; r++)); do
     printf 'run %d: %s s wall; cpu a %s s, b %s s; peak RSS a %s KiB, b %s KiB\n' "$r" "$(cat "$out/times")" \
         "$(awk -v d=$((cpu_a1 - cpu_a0)) -v t="$tick" 'BEGIN { printf "%.2f", d / t }')" \
         "$(awk -v d=$((cpu_b1 - cpu_b0)) -v t="$tick" 'BEGIN { printf "%.2f", d / t }')" \
-        "$(proc_status_kib "$pid_a" VmHWM)" "$(proc_status_kib "$pid_b" VmHWM)"
+        "$(proc_status_kib "$pid_a" VmHWM)" "$hwm_b"
     grep -E 'planned|staged|fetched|apply' "$out/b.$r.log" | sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^/    /' | cut -c1-220
 done

@@ -77,6 +77,21 @@ ensure_tree() {
     printf '%s\n' "$dir"
 }
 
+# warn_watch_limit TREE DAEMONS: warns when DAEMONS daemons watching copies of TREE as this
+# user would need more inotify watches (one per directory) than fs.inotify.max_user_watches
+# allows: a daemon past the limit falls back to a rescan every 30 s, which a memory or
+# latency figure would then include. (Production runs one daemon per host.)
+warn_watch_limit() {
+    local tree=$1 daemons=$2 dirs limit
+    limit=$(cat /proc/sys/fs/inotify/max_user_watches 2>/dev/null) || return 0
+    dirs=$(find "$tree" -type d | wc -l)
+    if ((dirs * daemons > limit)); then
+        log "WARNING: $daemons daemons watching $dirs directories each need $((dirs * daemons)) inotify watches;" \
+            "fs.inotify.max_user_watches is $limit: set \`sysctl fs.inotify.max_user_watches=$((dirs * daemons * 2))\`" \
+            "or the daemons poll instead (and their figures include those rescans)"
+    fi
+}
+
 # stats_of FILE... -> "median min max" (seconds) of the numbers in the given files (one per line).
 stats_of() {
     python3 - "$@" <<'EOF'

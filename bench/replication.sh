@@ -75,6 +75,7 @@ commit=$(commit_desc "$repo") # now: others may commit while this runs
 # 3. reference tree (generated once per N, then reused; never modified: a serves a `cp -al`
 #    hard-link copy, and every change to it is write-to-temp + rename or unlink)
 tree=$(ensure_tree "$files" "$seed" "$workdir") || exit 1
+warn_watch_limit "$tree" 2
 
 # --- daemons ---------------------------------------------------------------------------------
 declare -A d_root d_state d_port d_sock d_log d_pid

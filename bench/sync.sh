@@ -84,6 +84,7 @@ commit=$(commit_desc "$repo") # now: others may commit while this runs
 # 3. reference trees (generated once per N, then reused; never modified: the copies the daemons
 #    serve are `cp -al` hard-link copies, and every change to them is write-to-temp + rename)
 tree=$(ensure_tree "$files" "$seed" "$workdir") || exit 1
+warn_watch_limit "$tree" 2
 small_tree=$(ensure_tree "$small_files" "$seed" "$workdir") || exit 1
 
 # --- daemons ---------------------------------------------------------------------------------

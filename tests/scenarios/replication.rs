@@ -350,7 +350,10 @@ fn every_kind_of_change_reaches_the_follower_within_seconds_without_a_restart() 
 }
 
 /// Ten thousand new files written as fast as possible: B converges, with a
-/// handful of syncs rather than one per file.
+/// handful of syncs rather than one per file: at most one per window in which
+/// A's watcher folds events into a new root (`MAX_DELAY`, 700 ms) while the
+/// files are written, and one or two after. (On a loaded machine the writing
+/// takes several seconds, and as many windows.)
 #[test]
 fn a_burst_of_ten_thousand_changes_converges_with_few_syncs() {
     let source = staging_tree(20);
@@ -359,10 +362,12 @@ fn a_burst_of_ten_thousand_changes_converges_with_few_syncs() {
     let receiver_root = receiver.path().join("t");
     let (a, b) = follower(source.path(), &receiver_root);
     wait_level(&a, &b);
+    let writing = Instant::now();
     fs::create_dir_all(source.path().join("cache/l10n")).unwrap();
     for i in 0..10_000 {
         fs::write(source.path().join(format!("cache/l10n/msg-{i}.json")), format!("{{\"i\": {i}}}")).unwrap();
     }
+    let windows = (writing.elapsed().as_millis() / 700) as usize + 1;
     let expected = stagingd_tests::root_of(source.path()).to_hex();
     wait_until("B converges on A after the burst", Duration::from_secs(60), || {
         root(&b).as_str() == Some(expected.as_str())
@@ -371,5 +376,6 @@ fn a_burst_of_ten_thousand_changes_converges_with_few_syncs() {
     let history = b.ctl(["history", "--json"]);
     let records: serde_json::Value = serde_json::from_slice(&history.stdout).unwrap();
     let syncs = records.as_array().unwrap().len();
-    assert!((1..=10).contains(&syncs), "{syncs} syncs for one burst: {records}");
+    let most = windows.max(8) + 2;
+    assert!((1..=most).contains(&syncs), "{syncs} syncs for one burst written in {windows} windows: {records}");
 }

@@ -344,3 +344,58 @@ fn a_cache_claiming_impossible_sizes_or_paths_is_discarded_not_trusted() {
         other => panic!("expected the cache to be discarded, got {other:?}"),
     }
 }
+
+#[test]
+fn changed_below_lists_exactly_what_differs_from_the_manifest_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    for (rel, content) in [
+        ("new/a.php", &b"a"[..]),
+        ("new/same.php", b"same"),
+        ("new/gone.php", b"gone"),
+        ("new/grows.php", b"1"),
+        ("new/sub/deep.php", b"deep"),
+        ("new/sub/becomes_dir", b"file"),
+        ("new/skip.tmp", b"excluded"),
+        ("other/x.php", b"x"),
+    ] {
+        write(root, rel, content);
+    }
+    symlink("a.php", root.join("new/link")).unwrap();
+    let options = ScanOptions { excludes: Excludes::new(["*.tmp"]).unwrap(), ..settled_at_once() };
+    let manifest = scan(root, &options, None).unwrap().manifest;
+    let changed = |m: &Manifest| {
+        let mut paths: Vec<String> =
+            manifest::scan::changed_below(root, &options, m, &p("new")).iter().map(|p| p.to_string()).collect();
+        paths.sort();
+        paths
+    };
+    assert_eq!(changed(&manifest), Vec::<String>::new(), "nothing differs yet");
+
+    fs::remove_file(root.join("new/gone.php")).unwrap();
+    fs::write(root.join("new/grows.php"), b"12").unwrap();
+    write(root, "new/sub/added.php", b"added");
+    fs::remove_file(root.join("new/sub/becomes_dir")).unwrap();
+    fs::create_dir(root.join("new/sub/becomes_dir")).unwrap();
+    fs::remove_file(root.join("new/link")).unwrap();
+    symlink("same.php", root.join("new/link")).unwrap();
+    fs::write(root.join("new/skip.tmp"), b"still excluded").unwrap();
+    fs::write(root.join("other/x.php"), b"outside").unwrap();
+    let mut expected = vec![
+        "new/gone.php",
+        "new/grows.php",
+        "new/link",
+        // Its mtime moved: an entry was added, another replaced.
+        "new/sub",
+        "new/sub/added.php",
+        "new/sub/becomes_dir",
+    ];
+    expected.sort();
+    assert_eq!(changed(&manifest), expected);
+    // A directory the manifest does not hold is to be scanned whole.
+    assert_eq!(
+        manifest::scan::changed_below(root, &options, &Manifest::empty(), &p("new")),
+        [p("new")],
+        "an unknown directory"
+    );
+}

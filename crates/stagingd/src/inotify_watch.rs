@@ -19,10 +19,12 @@
 //! write end [`TreeWatch`] holds: dropping the `TreeWatch` ends the thread at
 //! once. The thread owns the map watch descriptor → directory path and turns
 //! each event into a [`Change`]:
-//! - A directory created or moved in is watched at once, recursively, and every
-//!   entry found below it while its watches were added is reported with it
-//!   ([`Change::NewDir`]): what was created in it before its watch existed has no
-//!   event of its own.
+//! - A directory created or moved in is watched at once, recursively, and
+//!   reported as a whole ([`Change::NewDir`]): what was created in it before its
+//!   watch existed has no event of its own, so the watcher compares everything
+//!   below it with the manifest (or scans it, if the manifest has no such
+//!   directory). Its entries are not listed: after a sync renamed a
+//!   1,000,000-file tree into place, that list alone was ~85 MB.
 //! - A directory moved away (`IN_MOVED_FROM`) loses its watches and those of
 //!   its subdirectories, whose paths are stale from then on; if it was moved to
 //!   a place inside the tree, the `IN_MOVED_TO` that follows adds them again
@@ -75,11 +77,11 @@ pub enum Change {
     /// The entry at this path may have changed: written, created, removed,
     /// renamed from or to here, or its mode, owner or times changed.
     Path(RelPath),
-    /// A directory appeared at `dir` (created or moved in) and is watched now.
-    /// `found` is every entry below it seen while its watches were added:
-    /// whatever was made in it before its watch existed has no event of its own,
-    /// and a directory that replaced another of the same name may hold anything.
-    NewDir { dir: RelPath, found: Vec<RelPath> },
+    /// A directory appeared at `dir` (created or moved in) and is watched now,
+    /// with everything below it. Whatever was made in it before its watch
+    /// existed has no event of its own, and a directory that replaced another
+    /// of the same name may hold anything: all of it is to be looked at.
+    NewDir { dir: RelPath },
     /// Events were lost or cannot be told as paths: only a full rescan makes the
     /// manifest right again.
     Rescan(Rescan),
@@ -172,7 +174,7 @@ impl TreeWatch {
             Some(Errno::NOSPC) => WatchError::Limit,
             _ => WatchError::Other(format!("cannot watch the tree root {}: {e}", root.display())),
         })?;
-        let added = dirs.add_tree(&RelPath::root(), None)?;
+        let added = dirs.add_tree(&RelPath::root())?;
         if let Some((dir, e)) = added.problems.first() {
             let more = match added.problems.len() {
                 1 => String::new(),
@@ -335,10 +337,9 @@ impl Dirs {
                 self.forget_under(&path);
             }
             if mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) {
-                let mut found = Vec::new();
-                let added = self.add_tree(&path, Some(&mut found))?;
+                let added = self.add_tree(&path)?;
                 self.report_problems(added, out);
-                out.push(Change::NewDir { dir: path, found });
+                out.push(Change::NewDir { dir: path });
                 return Ok(());
             }
         }
@@ -395,10 +396,10 @@ impl Dirs {
     }
 
     /// Watches `top` and every directory below it, watch first and listing
-    /// second, so that nothing made meanwhile is missed by both. With `found`,
-    /// collects every entry seen below `top`. Only the watch limit is an error;
-    /// directories gone meanwhile are skipped, other problems are returned.
-    fn add_tree(&mut self, top: &RelPath, mut found: Option<&mut Vec<RelPath>>) -> Result<Added, WatchError> {
+    /// second, so that nothing made meanwhile is missed by both. Only the watch
+    /// limit is an error; directories gone meanwhile are skipped, other problems
+    /// are returned.
+    fn add_tree(&mut self, top: &RelPath) -> Result<Added, WatchError> {
         let mut added = Added::default();
         let mut stack = vec![top.clone()];
         while let Some(dir) = stack.pop() {
@@ -443,9 +444,6 @@ impl Dirs {
                 }
                 // The entry's own type (d_type or lstat): a symlink is never a directory here.
                 let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-                if let Some(found) = found.as_deref_mut() {
-                    found.push(path.clone());
-                }
                 if is_dir {
                     stack.push(path);
                 }
@@ -471,7 +469,7 @@ impl Dirs {
     /// and drops the watches the walk did not find.
     fn rewatch_all(&mut self, out: &mut Vec<Change>) -> Result<(), WatchError> {
         self.generation += 1;
-        let added = self.add_tree(&RelPath::root(), None)?;
+        let added = self.add_tree(&RelPath::root())?;
         self.report_problems(added, out);
         let generation = self.generation;
         let stale: Vec<i32> =
@@ -523,15 +521,25 @@ mod tests {
             Harness { root: root.to_path_buf(), watch, rx, sentinels: 0 }
         }
 
-        /// Every change until one names `path`, which must come within the deadline.
+        /// Every change until one covers `path` (names it, or a new directory
+        /// above it), which must come within the deadline.
         fn until(&mut self, path: &RelPath) -> Vec<Change> {
+            self.until_change(path, |change| covers(change, path))
+        }
+
+        /// Every change until `Change::Path(path)`, which must come within the deadline.
+        fn until_named(&mut self, path: &RelPath) -> Vec<Change> {
+            self.until_change(path, |change| *change == Change::Path(path.clone()))
+        }
+
+        fn until_change(&mut self, path: &RelPath, last: impl Fn(&Change) -> bool) -> Vec<Change> {
             let until = Instant::now() + DEADLINE;
             let mut changes = Vec::new();
             loop {
                 let left = until.saturating_duration_since(Instant::now());
                 match self.rx.recv_timeout(left) {
                     Ok(change) => {
-                        let done = names(&change).contains(path);
+                        let done = last(&change);
                         changes.push(change);
                         if done {
                             return changes;
@@ -552,11 +560,21 @@ mod tests {
         }
     }
 
+    /// True when `change` says `path` is to be looked at: it names it, or a
+    /// new directory above it.
+    fn covers(change: &Change, path: &RelPath) -> bool {
+        match change {
+            Change::Path(changed) => changed == path,
+            Change::NewDir { dir } => path.starts_with(dir),
+            Change::Rescan(_) => false,
+        }
+    }
+
     /// Every path a change names.
     fn names(change: &Change) -> Vec<RelPath> {
         match change {
             Change::Path(path) => vec![path.clone()],
-            Change::NewDir { dir, found } => std::iter::once(dir.clone()).chain(found.iter().cloned()).collect(),
+            Change::NewDir { dir } => vec![dir.clone()],
             Change::Rescan(_) => Vec::new(),
         }
     }
@@ -644,10 +662,10 @@ mod tests {
         // Made right away: maybe before the watch on new/deeper exists.
         fs::write(dir.path().join("new/deeper/early.php"), "1").unwrap();
         let changes = harness.until(&p("new/deeper/early.php"));
-        assert!(changes.iter().any(|c| matches!(c, Change::NewDir { dir, .. } if *dir == p("new"))), "{changes:?}");
+        assert!(changes.contains(&Change::NewDir { dir: p("new") }), "{changes:?}");
         // By now new/ and new/deeper/ are watched: a later file is an event of its own.
         fs::write(dir.path().join("new/deeper/late.php"), "2").unwrap();
-        let changes = harness.until(&p("new/deeper/late.php"));
+        let changes = harness.until_named(&p("new/deeper/late.php"));
         assert!(changes.contains(&Change::Path(p("new/deeper/late.php"))), "{changes:?}");
     }
 
@@ -679,12 +697,7 @@ mod tests {
         fs::rename(dir.path().join("a/b"), dir.path().join("c")).unwrap();
         let changes = harness.until(&p("c"));
         assert!(changes.contains(&Change::Path(p("a/b"))), "{changes:?}");
-        assert!(
-            changes
-                .iter()
-                .any(|c| matches!(c, Change::NewDir { dir, found } if *dir == p("c") && found.contains(&p("c/f.php")))),
-            "{changes:?}"
-        );
+        assert!(changes.contains(&Change::NewDir { dir: p("c") }), "{changes:?}");
         fs::write(dir.path().join("c/g.php"), "g").unwrap();
         let changes = harness.until(&p("c/g.php"));
         assert!(!mentions(&changes, &p("a/b")), "a stale path: {changes:?}");

@@ -7,8 +7,9 @@
 //! those paths are looked at again (`manifest::scan::update_paths`: changed
 //! files rehashed, new directories scanned whole, directory hashes recomputed up
 //! to the root). A directory that appeared where the manifest already has one
-//! (replaced, or made by a sync) has every entry the manifest holds below it
-//! looked at too, with every entry the watch found in it. The result is
+//! (replaced, or made by a sync) is compared with it entry by entry on disk
+//! (`manifest::scan::changed_below`), and only what differs is looked at again.
+//! The result is
 //! installed only if nothing else changed the manifest meanwhile; otherwise the
 //! same paths are applied to the newer manifest.
 //!
@@ -214,8 +215,7 @@ impl Burst {
             Change::Path(path) => {
                 self.paths.insert(path);
             }
-            Change::NewDir { dir, found } => {
-                self.paths.extend(found);
+            Change::NewDir { dir } => {
                 self.new_dirs.insert(dir);
             }
             Change::Rescan(why) => {
@@ -272,9 +272,9 @@ async fn update(tree: &Arc<TreeState>, paths: BTreeSet<RelPath>, new_dirs: BTree
 /// `update_paths` scans a directory whole only if the manifest does not hold
 /// it; one that appeared where the manifest has a directory already (the old
 /// one moved away or deleted and a new one made, or made by a sync that
-/// installed it) is only refreshed itself. So every path the manifest holds
-/// below it is looked at too: gone ones are removed, unchanged ones cost a
-/// stat. New entries come in `paths`, as the watch found them.
+/// installed it) is only refreshed itself. So what is below it is compared with
+/// the manifest on disk, an `lstat` an entry, and the paths that differ (new,
+/// gone or changed; after a sync, usually none) are looked at too.
 fn apply_changes(
     root: &Path,
     options: &ScanOptions,
@@ -289,25 +289,14 @@ fn apply_changes(
         if std::iter::successors(dir.parent(), RelPath::parent).any(|above| listed.contains(&above)) {
             continue;
         }
-        if let Some(known) = base.dir(dir) {
-            add_descendants(known, dir, &mut paths);
+        if base.dir(dir).is_some() {
+            paths.extend(manifest::scan::changed_below(root, options, base, dir));
             listed.insert(dir);
         }
     }
     let mut next = base.clone();
     let report = manifest::scan::update_paths(root, options, &mut next, paths);
     (next, report)
-}
-
-/// Every path below `dir` (at `path`) in the manifest.
-fn add_descendants(dir: &manifest::Dir, path: &RelPath, out: &mut BTreeSet<RelPath>) {
-    for entry in dir.children() {
-        let Ok(child) = path.join(&entry.name) else { continue };
-        if let manifest::Node::Dir(below) = &entry.node {
-            add_descendants(below, &child, out);
-        }
-        out.insert(child);
-    }
 }
 
 async fn full_rescan(tree: &Arc<TreeState>, why: &str) {
