@@ -812,19 +812,12 @@ impl PeerSource for NoPeer {
 
 #[cfg(test)]
 mod tests {
-    use manifest::{FileMeta, PlanTotals};
+    use manifest::PlanTotals;
 
     use super::*;
 
     fn write(path: &str, content: &str) -> Op {
-        let file = FileMeta {
-            size: content.len() as u64,
-            mode: 0o644,
-            mtime: Default::default(),
-            hash: Hash::of_content(content.as_bytes()),
-            owner: Default::default(),
-            stat: Default::default(),
-        };
+        let file = crate::test_support::file_of(content.as_bytes());
         Op::WriteFile { path: RelPath::new(path).unwrap(), file, replaces: false }
     }
 

@@ -107,7 +107,7 @@ pub fn staged_path(path: &RelPath) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use manifest::{DirMeta, FileMeta, Hash, Kind, SymlinkMeta};
+    use manifest::{DirMeta, Kind, SymlinkMeta};
 
     use super::*;
 
@@ -118,15 +118,7 @@ mod tests {
         Op::MkDir { path: rel(p), meta: DirMeta::default() }
     }
     fn write(p: &str, replaces: bool) -> Op {
-        let file = FileMeta {
-            size: 1,
-            mode: 0o644,
-            mtime: Default::default(),
-            hash: Hash::of_content(p.as_bytes()),
-            owner: Default::default(),
-            stat: Default::default(),
-        };
-        Op::WriteFile { path: rel(p), file, replaces }
+        Op::WriteFile { path: rel(p), file: crate::test_support::file_of(p.as_bytes()), replaces }
     }
     fn symlink(p: &str) -> Op {
         Op::Symlink {

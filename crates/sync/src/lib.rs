@@ -42,3 +42,21 @@ pub use stage::{LocalSource, StageError, StagedWriter, Staging, stage_from_local
 pub use trash::Trash;
 pub use tree_fs::{TreeFsError, TreeRoot};
 pub use writes::{Write, Writes, Written};
+
+/// What unit tests of several modules build their plans from.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use manifest::{FileMeta, Hash};
+
+    /// A 0644 file holding `content`, with no times, owner or stat key.
+    pub fn file_of(content: &[u8]) -> FileMeta {
+        FileMeta {
+            size: content.len() as u64,
+            mode: 0o644,
+            mtime: Default::default(),
+            hash: Hash::of_content(content),
+            owner: Default::default(),
+            stat: Default::default(),
+        }
+    }
+}

@@ -186,19 +186,12 @@ fn add_dir(op: u32, path: &RelPath, dir: &Arc<Dir>, dirs: &mut Vec<NewDir>, slot
 mod tests {
     use std::sync::Arc;
 
-    use manifest::{DirMeta, Entry, Hash, Manifest};
+    use manifest::{DirMeta, Entry, Manifest};
 
     use super::*;
 
     fn file(content: &str) -> Node {
-        Node::File(FileMeta {
-            size: content.len() as u64,
-            mode: 0o644,
-            mtime: Default::default(),
-            hash: Hash::of_content(content.as_bytes()),
-            owner: Default::default(),
-            stat: Default::default(),
-        })
+        Node::File(crate::test_support::file_of(content.as_bytes()))
     }
 
     fn dir(children: Vec<(&str, Node)>) -> Node {
