@@ -460,17 +460,17 @@ async fn fetch_missing<P: PeerSource>(
     events: &(dyn Fn(Event) + Send + Sync),
 ) -> Result<u64, String> {
     // One fetch per distinct hash; every write of that hash is made from it.
-    let ops_by_hash = Arc::new(OpsByHash::new(writes, missing));
-    let size_of = |first: usize| file_size(&ops_by_hash.writes, first);
-    let total_bytes: u64 = ops_by_hash.first_ops().map(size_of).sum();
+    let writes_by_hash = Arc::new(WritesByHash::new(writes, missing));
+    let size_of = |first: usize| file_size(&writes_by_hash.writes, first);
+    let total_bytes: u64 = writes_by_hash.first_writes().map(size_of).sum();
     // Batches are made as streams start, not all at once: each hash goes with the
     // path the peer listed it at (the first write of it: the target is the
     // peer's tree), so the peer opens that file without a search.
-    let (by_hash, mut next) = (Arc::clone(&ops_by_hash), 0);
+    let (by_hash, mut next) = (Arc::clone(&writes_by_hash), 0);
     let batches = std::iter::from_fn(move || {
         let mut batch: Vec<Wanted> = Vec::new();
         let mut batch_bytes = 0;
-        while let Some(first) = by_hash.first_op(next) {
+        while let Some(first) = by_hash.first_write(next) {
             let size = file_size(&by_hash.writes, first);
             if !batch.is_empty() && (batch.len() >= FETCH_BATCH_HASHES || batch_bytes + size > FETCH_BATCH_BYTES) {
                 break;
@@ -501,7 +501,7 @@ async fn fetch_missing<P: PeerSource>(
     };
     let results = futures::stream::iter(batches)
         .map(|batch| {
-            let (staging, ops_by_hash) = (Arc::clone(staging), Arc::clone(&ops_by_hash));
+            let (staging, writes_by_hash) = (Arc::clone(staging), Arc::clone(&writes_by_hash));
             let (received, files_done) = (Arc::clone(&received), Arc::clone(&files_done));
             let report_progress = &report_progress;
             async move {
@@ -509,7 +509,7 @@ async fn fetch_missing<P: PeerSource>(
                 let mut stream = peer.fetch(batch).await.map_err(|e| e.to_string())?;
                 let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Piece>>(FETCH_QUEUE_MESSAGES);
                 let writer = tokio::task::spawn_blocking(move || {
-                    write_pieces(rx, &staging, &ops_by_hash, &hashes, &received, &files_done)
+                    write_pieces(rx, &staging, &writes_by_hash, &hashes, &received, &files_done)
                 });
                 let streamed: Result<(), String> = async {
                     loop {
@@ -550,14 +550,14 @@ async fn fetch_missing<P: PeerSource>(
 /// by binary search through [`Writes`]. 4 bytes a write; `(hash, index)` pairs
 /// took 36, and their `Vec`, grown by doubling as it was collected, 11.5 MB at
 /// the peak of a 150,000-file copy.
-struct OpsByHash {
+struct WritesByHash {
     writes: Writes<Arc<Plan>>,
     by_hash: Vec<u32>,
     /// The first write of each distinct hash, in plan order: what is fetched, in order.
     firsts: Vec<u32>,
 }
 
-impl OpsByHash {
+impl WritesByHash {
     fn new(writes: Writes<Arc<Plan>>, numbers: &[usize]) -> Self {
         let mut by_hash = Vec::with_capacity(numbers.len());
         by_hash.extend(
@@ -580,16 +580,16 @@ impl OpsByHash {
     }
 
     /// The first write of each distinct hash, ascending.
-    fn first_ops(&self) -> impl ExactSizeIterator<Item = usize> + '_ {
+    fn first_writes(&self) -> impl ExactSizeIterator<Item = usize> + '_ {
         self.firsts.iter().map(|&n| n as usize)
     }
 
-    fn first_op(&self, nth: usize) -> Option<usize> {
+    fn first_write(&self, nth: usize) -> Option<usize> {
         self.firsts.get(nth).map(|&n| n as usize)
     }
 
     /// The numbers of the writes of `hash`, ascending; none for a hash not fetched.
-    fn ops(&self, hash: Hash) -> impl Iterator<Item = usize> + '_ {
+    fn writes_of(&self, hash: Hash) -> impl Iterator<Item = usize> + '_ {
         let hash_at = |n: u32| file_of(&self.writes, n as usize).hash;
         let start = self.by_hash.partition_point(|&n| hash_at(n) < hash);
         self.by_hash[start..].iter().take_while(move |&&n| hash_at(n) == hash).map(|&n| n as usize)
@@ -611,7 +611,7 @@ fn file_size(writes: &Writes<Arc<Plan>>, n: usize) -> u64 {
 fn write_pieces(
     mut rx: tokio::sync::mpsc::Receiver<Vec<Piece>>,
     staging: &Staging,
-    ops_by_hash: &OpsByHash,
+    writes_by_hash: &WritesByHash,
     batch: &[Hash],
     received: &AtomicU64,
     files_done: &AtomicU64,
@@ -634,8 +634,8 @@ fn write_pieces(
                 std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
                 std::collections::hash_map::Entry::Vacant(entry) => {
                     let mut writers = Vec::new();
-                    for n in ops_by_hash.ops(piece.hash) {
-                        let (op, path, file) = ops_by_hash.written(n);
+                    for n in writes_by_hash.writes_of(piece.hash) {
+                        let (op, path, file) = writes_by_hash.written(n);
                         writers.push(staging.writer(op, &path, file).map_err(|e| e.to_string())?);
                     }
                     entry.insert((0, writers))
@@ -839,14 +839,14 @@ mod tests {
             id: manifest::PlanId([0; 8]),
         };
         // Writes: z 0, d/a 1, d/b 2, d/c 3, e 4. Write 3 was copied locally: it is not fetched.
-        let by_hash = OpsByHash::new(Writes::of(Arc::new(plan)), &[0, 1, 2, 4]);
-        assert_eq!(by_hash.first_ops().collect::<Vec<_>>(), [0, 1]);
-        let ops_of = |content: &str| by_hash.ops(Hash::of_content(content.as_bytes())).collect::<Vec<_>>();
-        assert_eq!(ops_of("shared"), [0, 2, 4]);
-        assert_eq!(ops_of("only a"), [1]);
+        let by_hash = WritesByHash::new(Writes::of(Arc::new(plan)), &[0, 1, 2, 4]);
+        assert_eq!(by_hash.first_writes().collect::<Vec<_>>(), [0, 1]);
+        let writes_of = |content: &str| by_hash.writes_of(Hash::of_content(content.as_bytes())).collect::<Vec<_>>();
+        assert_eq!(writes_of("shared"), [0, 2, 4]);
+        assert_eq!(writes_of("only a"), [1]);
         let (op, path, _) = by_hash.written(2);
         assert_eq!((op, path.to_string()), (3, "d/b".to_owned()));
-        assert_eq!(ops_of("local copy"), Vec::<usize>::new());
-        assert_eq!(ops_of("never planned"), Vec::<usize>::new());
+        assert_eq!(writes_of("local copy"), Vec::<usize>::new());
+        assert_eq!(writes_of("never planned"), Vec::<usize>::new());
     }
 }
