@@ -344,20 +344,13 @@ impl History {
 mod tests {
     use std::os::unix::fs::MetadataExt;
 
-    use manifest::{FileMeta, Node, RelPath};
+    use manifest::{Node, RelPath};
 
     use super::*;
 
     fn manifest_with(content: &[u8]) -> Manifest {
         let mut m = Manifest::empty();
-        let file = FileMeta {
-            size: content.len() as u64,
-            mode: 0o644,
-            mtime: Default::default(),
-            hash: Hash::of_content(content),
-            owner: Default::default(),
-            stat: Default::default(),
-        };
+        let file = crate::test_support::file_of(content);
         m.insert(&RelPath::new("a").unwrap(), Node::File(file)).unwrap();
         m
     }
