@@ -201,6 +201,10 @@ impl Staging {
     /// makes the rest (empty ones), sets their owners, and the modes and mtimes
     /// of those below a `NewTree` op's top. The tops' modes and mtimes are set
     /// in the tree, by the switch.
+    ///
+    /// # Panics
+    /// On a `NewTree` op whose plan has released its subtree
+    /// ([`Plan::release_subtrees`]): that is done once staging is over.
     pub fn create(root: &Path, sync_id: &SyncId, preserve_owner: bool, ops: &[Op]) -> Result<Self, StageError> {
         let tree = TreeRoot::open(root)?;
         let rel = Self::rel_dir(sync_id);
@@ -229,7 +233,7 @@ impl Staging {
                         owner: staging.owner(meta.owner),
                         meta: None,
                     });
-                    let Some(tree) = tree else { continue };
+                    let tree = tree.as_ref().expect("a plan's NewTree op holds its subtree until it is staged");
                     tree.for_each_below(path, &mut |path, node| {
                         if let Node::Dir(d) = node {
                             new_dirs.push(NewDir {
