@@ -669,14 +669,14 @@ fn compare_dir(abs: &Path, rel: &RelPath, known: &Dir, options: &ScanOptions, ch
             continue;
         }
         let abs = entry.path();
+        let child = known.child(name.as_bytes());
+        held += usize::from(child.is_some());
         on_disk.push(name);
         let Ok(metadata) = fs::symlink_metadata(&abs) else {
             changed.push(path);
             continue;
         };
         let file_type = metadata.file_type();
-        let child = known.child(path.file_name().expect("a joined path has a name"));
-        held += usize::from(child.is_some());
         match child {
             Some(Node::File(f)) if file_type.is_file() => {
                 if !unchanged_since_hashed(f, &metadata) || f.mode != metadata.mode() & 0o7777 {

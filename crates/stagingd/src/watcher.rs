@@ -285,14 +285,13 @@ fn apply_changes(
     let mut listed: HashSet<&RelPath> = HashSet::new();
     for dir in new_dirs {
         paths.insert(dir.clone());
-        // A directory inside one listed already (the set is sorted, parents first).
+        // A directory inside one compared (or to be scanned) already: the set is sorted, parents first.
         if std::iter::successors(dir.parent(), RelPath::parent).any(|above| listed.contains(&above)) {
             continue;
         }
-        if base.dir(dir).is_some() {
-            paths.extend(manifest::scan::changed_below(root, options, base, dir));
-            listed.insert(dir);
-        }
+        // Below one the manifest does not hold, `update_paths` scans it whole.
+        paths.extend(manifest::scan::changed_below(root, options, base, dir));
+        listed.insert(dir);
     }
     let mut next = base.clone();
     let report = manifest::scan::update_paths(root, options, &mut next, paths);

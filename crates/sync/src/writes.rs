@@ -125,43 +125,48 @@ impl<P: Deref<Target = Plan>> Writes<P> {
 
     /// Write `n` (`n < len()`).
     pub fn get(&self, n: usize) -> Write<'_> {
+        let (op, at, written) = self.locate(n);
+        let path = match at {
+            At::Path(path) => Cow::Borrowed(path),
+            At::In(dir, name) => Cow::Owned(dir.join(name).expect("manifest names are validated on entry")),
+        };
+        Write { op, path, written }
+    }
+
+    /// The file write `n` writes, without making its path; `None` for a symlink.
+    pub fn file(&self, n: usize) -> Option<&FileMeta> {
+        match self.locate(n).2 {
+            Written::File(file) => Some(file),
+            Written::Symlink(_) => None,
+        }
+    }
+
+    /// Write `n`'s op, where it is, and what it writes.
+    fn locate(&self, n: usize) -> (usize, At<'_>, Written<'_>) {
         let slot = self.slots[n];
         if slot.dir == OWN_OP {
             let op = slot.child as usize;
-            let (path, written) = match &self.plan.ops[op] {
-                Op::WriteFile { path, file, .. } => (path, Written::File(file)),
-                Op::Symlink { path, link, .. } => (path, Written::Symlink(link)),
+            return match &self.plan.ops[op] {
+                Op::WriteFile { path, file, .. } => (op, At::Path(path), Written::File(file)),
+                Op::Symlink { path, link, .. } => (op, At::Path(path), Written::Symlink(link)),
                 _ => unreachable!("own-op slots are WriteFile and Symlink ops"),
             };
-            return Write { op, path: Cow::Borrowed(path), written };
         }
-        let NewDir { op, path: dir_path, dir } = &self.dirs[slot.dir as usize];
+        let NewDir { op, path, dir } = &self.dirs[slot.dir as usize];
         let entry = &dir.children()[slot.child as usize];
         let written = match &entry.node {
             Node::File(file) => Written::File(file),
             Node::Symlink(link) => Written::Symlink(link),
             Node::Dir(_) => unreachable!("slots below a NewTree op are files and symlinks"),
         };
-        let path = dir_path.join(&entry.name).expect("manifest names are validated on entry");
-        Write { op: *op as usize, path: Cow::Owned(path), written }
+        (*op as usize, At::In(path, &entry.name), written)
     }
+}
 
-    /// The file write `n` writes, without making its path; `None` for a symlink.
-    pub fn file(&self, n: usize) -> Option<&FileMeta> {
-        let slot = self.slots[n];
-        let node = if slot.dir == OWN_OP {
-            match &self.plan.ops[slot.child as usize] {
-                Op::WriteFile { file, .. } => return Some(file),
-                _ => return None,
-            }
-        } else {
-            &self.dirs[slot.dir as usize].dir.children()[slot.child as usize].node
-        };
-        match node {
-            Node::File(file) => Some(file),
-            _ => None,
-        }
-    }
+/// Where a write is: its own op's path, or a name in a directory of a new subtree.
+enum At<'a> {
+    Path(&'a RelPath),
+    In(&'a RelPath, &'a [u8]),
 }
 
 /// Numbers `dir` (at `path`, below op `op`) and the files and symlinks in it,
