@@ -614,8 +614,14 @@ impl WalkBelow {
     /// The next entry's path and node; `None` when the walk is over, or when
     /// `manifest` has no directory at the walk's base or lost entries during it.
     pub fn next<'m>(&mut self, manifest: &'m Manifest) -> Option<(RelPath, &'m Node)> {
+        self.next_in(manifest.dir(&self.base)?)
+    }
+
+    /// Like [`WalkBelow::next`], with `top` as the directory at the walk's base
+    /// (one that is in no manifest, such as a plan's new subtree).
+    pub fn next_in<'d>(&mut self, top: &'d Dir) -> Option<(RelPath, &'d Node)> {
         loop {
-            let dir = self.current(manifest)?;
+            let dir = self.current(top)?;
             match dir.children.get(self.next) {
                 Some(entry) => {
                     let path = self.dir.join(&entry.name).expect("manifest names are validated on entry");
@@ -639,8 +645,8 @@ impl WalkBelow {
     }
 
     /// The directory the next entry is in.
-    fn current<'m>(&self, manifest: &'m Manifest) -> Option<&'m Dir> {
-        let mut dir = manifest.dir(&self.base)?;
+    fn current<'d>(&self, top: &'d Dir) -> Option<&'d Dir> {
+        let mut dir = top;
         for &position in &self.positions {
             match &dir.children.get(position)?.node {
                 Node::Dir(d) => dir = d,

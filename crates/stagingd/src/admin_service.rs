@@ -42,10 +42,10 @@ impl AdminService {
         caller: Caller,
     ) -> BoxStream<pb::SyncEvent> {
         let who = if who.is_empty() { "unknown".to_owned() } else { who };
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, rx) = tokio::sync::mpsc::channel(operations::EVENTS_QUEUED);
         let span = tracing::info_span!("admin", uid = caller.uid, gid = caller.gid, pid = caller.pid);
         tokio::spawn(operations::run(Arc::clone(&self.node), trees, operation, who, reason, tx).instrument(span));
-        Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
     }
 
     /// The trees this node and `peer` both have; all of ours when the peer

@@ -8,8 +8,9 @@ use manifest::PlanId;
 use proto::v1 as pb;
 use sync::engine::{self, Event, Outcome, Report, SyncRequest, TreeSetup};
 use sync::guards::{self, DeleteLimits};
+use sync::itemize::PlanLines;
 use sync::{RollbackTo, StatvfsProbe};
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::Sender;
 
 use crate::node::Node;
 use crate::peer_client::GrpcPeer;
@@ -34,20 +35,79 @@ impl Operation {
     }
 }
 
+/// Events queued for the client of an operation. Progress that finds the
+/// queue full is dropped (the next report supersedes it); plan lines and
+/// results wait for room, so a slow reader slows the stream, not the memory.
+pub const EVENTS_QUEUED: usize = 256;
+
+/// How long a dry run's plan lines wait for a client that has stopped reading
+/// (a pager left open): after that the stream ends without its result, and the
+/// plan is freed.
+pub const PLAN_READER_STALL: std::time::Duration = std::time::Duration::from_secs(600);
+
+type Events = Sender<Result<pb::SyncEvent, tonic::Status>>;
+
 /// Runs `operation` on each tree in turn, sending events and one `TreeResult`
-/// per tree on `out`. A refusal or failure of one tree stops none of the others.
+/// per tree on `out`. A refusal or failure of one tree stops none of the
+/// others; a client that went away (or stalled on a plan) stops the rest.
 pub async fn run(
     node: Arc<Node>,
     trees: Vec<Arc<TreeState>>,
     operation: Operation,
     who: String,
     reason: String,
-    out: UnboundedSender<Result<pb::SyncEvent, tonic::Status>>,
+    out: Events,
 ) {
     for tree in trees {
-        let result = run_tree(&node, &tree, &operation, &who, &reason, &out).await;
-        let _ = out.send(Ok(pb::SyncEvent { event: Some(pb::sync_event::Event::TreeResult(result)) }));
+        let (result, plan) = run_tree(&node, &tree, &operation, &who, &reason, &out).await;
+        // The tree's lock is released by now: a client reading a long plan
+        // slowly holds no sync up.
+        if let Some(plan) = plan {
+            let sent = send_plan(&tree.name, &plan, &out).await;
+            drop(plan);
+            tokio::task::spawn_blocking(crate::memory::release_freed);
+            if !sent {
+                return;
+            }
+        }
+        let event = pb::SyncEvent { event: Some(pb::sync_event::Event::TreeResult(result)) };
+        if out.send(Ok(event)).await.is_err() {
+            return;
+        }
     }
+}
+
+/// Sends a dry run's plan, a line at a time as the client takes them. False
+/// when the client went away or stopped reading for [`PLAN_READER_STALL`].
+async fn send_plan(tree: &str, plan: &manifest::Plan, out: &Events) -> bool {
+    for line in PlanLines::new(plan) {
+        let item = pb::PlanItem {
+            tree: tree.to_owned(),
+            op: line.op.to_owned(),
+            path: line.path.as_bytes().to_vec(),
+            size: line.size,
+            kind: match line.kind {
+                manifest::Kind::File => pb::EntryKind::File,
+                manifest::Kind::Dir => pb::EntryKind::Dir,
+                manifest::Kind::Symlink => pb::EntryKind::Symlink,
+            }
+            .into(),
+        };
+        let event = pb::SyncEvent { event: Some(pb::sync_event::Event::PlanItem(item)) };
+        match tokio::time::timeout(PLAN_READER_STALL, out.send(Ok(event))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return false,
+            Err(_) => {
+                tracing::warn!(
+                    %tree,
+                    "the client read none of the plan for {} s; its stream is ended",
+                    PLAN_READER_STALL.as_secs()
+                );
+                return false;
+            }
+        }
+    }
+    true
 }
 
 async fn run_tree(
@@ -56,8 +116,8 @@ async fn run_tree(
     operation: &Operation,
     who: &str,
     reason: &str,
-    out: &UnboundedSender<Result<pb::SyncEvent, tonic::Status>>,
-) -> pb::TreeResult {
+    out: &Events,
+) -> (pb::TreeResult, Option<manifest::Plan>) {
     let started = std::time::Instant::now();
     let guard = match tree.lock.try_acquire(who, operation.name(), reason) {
         Ok(guard) => guard,
@@ -65,7 +125,7 @@ async fn run_tree(
             let refusal = guards::busy(&tree.name, &busy);
             let result = refused_result(tree, &refusal);
             log_outcome(node, tree, operation, who, &result, started);
-            return result;
+            return (result, None);
         }
     };
     // The plan must start from the tree as it is now. With a working watcher the
@@ -77,7 +137,7 @@ async fn run_tree(
     {
         let result = failed_result(tree, format!("cannot rescan the tree before syncing: {e:#}"));
         log_outcome(node, tree, operation, who, &result, started);
-        return result;
+        return (result, None);
     }
     let local = tree.view().manifest;
     tracing::debug!(tree = %tree.name, millis = started.elapsed().as_millis() as u64, "manifest current");
@@ -97,37 +157,22 @@ async fn run_tree(
     let tree_name = tree.name.clone();
     let sender = out.clone();
     let events = move |event: Event| {
-        let message = match event {
-            Event::Progress { phase, files_done, files_total, bytes_done, bytes_total } => {
-                pb::sync_event::Event::Progress(pb::Progress {
-                    tree: tree_name.clone(),
-                    phase: phase.to_owned(),
-                    files_done,
-                    files_total,
-                    bytes_done,
-                    bytes_total,
-                })
-            }
-            Event::PlanItem { op, path, size, kind } => pb::sync_event::Event::PlanItem(pb::PlanItem {
-                tree: tree_name.clone(),
-                op: op.to_owned(),
-                path: path.as_bytes().to_vec(),
-                size,
-                kind: match kind {
-                    manifest::Kind::File => pb::EntryKind::File,
-                    manifest::Kind::Dir => pb::EntryKind::Dir,
-                    manifest::Kind::Symlink => pb::EntryKind::Symlink,
-                }
-                .into(),
-            }),
+        let Event::Progress { phase, files_done, files_total, bytes_done, bytes_total } = event;
+        let progress = pb::Progress {
+            tree: tree_name.clone(),
+            phase: phase.to_owned(),
+            files_done,
+            files_total,
+            bytes_done,
+            bytes_total,
         };
-        let _ = sender.send(Ok(pb::SyncEvent { event: Some(message) }));
+        let _ = sender.try_send(Ok(pb::SyncEvent { event: Some(pb::sync_event::Event::Progress(progress)) }));
     };
     let applying = !matches!(operation, Operation::Sync { dry_run: true, .. });
     if applying {
         tree.set_readiness(Readiness::Applying);
     }
-    let report = match operation {
+    let mut report = match operation {
         Operation::Sync { peer, dry_run, confirm, allow_behind } => {
             let Some(client) = node.peers.get(peer) else {
                 unreachable!("the admin service checks the peer name before starting");
@@ -152,6 +197,7 @@ async fn run_tree(
         Operation::Rollback { .. } => "rollback".to_owned(),
     };
     let stale = std::sync::atomic::AtomicBool::new(false);
+    let plan = report.plan.take();
     let result = finish(tree, report, local, source, &stale);
     if stale.load(std::sync::atomic::Ordering::SeqCst)
         && let Err(e) = tree.rescan().await
@@ -160,9 +206,10 @@ async fn run_tree(
     }
     drop(guard);
     log_outcome(node, tree, operation, who, &result, started);
-    // The plan, the target and the staging bookkeeping are freed by now.
+    // The target and the staging bookkeeping are freed by now (a dry run's
+    // plan once it is sent).
     tokio::task::spawn_blocking(crate::memory::release_freed);
-    result
+    (result, plan)
 }
 
 /// An outcome as status, logs and metrics spell it — the same words as
@@ -313,4 +360,84 @@ fn log_outcome(
         "{} {outcome}",
         operation.name()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use manifest::{Dir, DirMeta, Entry, FileMeta, Hash, Manifest, Node, Plan};
+
+    use super::*;
+
+    /// The plan of a full copy of a tree of `files` files in one directory:
+    /// one new-subtree op, `files + 1` lines.
+    fn full_copy(files: usize) -> Plan {
+        let file = |i: usize| Entry {
+            name: format!("f{i:05}").as_bytes().into(),
+            node: Node::File(FileMeta {
+                size: 1,
+                mode: 0o644,
+                mtime: Default::default(),
+                hash: Hash::of_content(&[i as u8]),
+                owner: Default::default(),
+                stat: Default::default(),
+            }),
+        };
+        let top = Dir::new(DirMeta::default(), (0..files).map(file).collect());
+        let target =
+            Dir::new(DirMeta::default(), vec![Entry { name: b"d".as_slice().into(), node: Node::Dir(Arc::new(top)) }]);
+        manifest::diff(&Manifest::empty(), &Manifest::new(target))
+    }
+
+    fn is_plan_item(event: &Result<pb::SyncEvent, tonic::Status>) -> bool {
+        matches!(event, Ok(pb::SyncEvent { event: Some(pb::sync_event::Event::PlanItem(_)) }))
+    }
+
+    #[tokio::test]
+    async fn a_plan_is_sent_no_faster_than_its_reader_takes_it() {
+        let plan = Arc::new(full_copy(10 * EVENTS_QUEUED));
+        let (tx, mut rx) = tokio::sync::mpsc::channel(EVENTS_QUEUED);
+        let sending = tokio::spawn({
+            let plan = Arc::clone(&plan);
+            async move { send_plan("staging", &plan, &tx).await }
+        });
+        // The queue fills and the sender waits: the plan is not queued whole.
+        let mut received = vec![rx.recv().await.expect("a first line")];
+        while rx.len() < EVENTS_QUEUED {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!sending.is_finished(), "the sender waits for room");
+        assert_eq!(rx.len(), EVENTS_QUEUED, "no more than the queue holds is waiting");
+        while let Some(event) = rx.recv().await {
+            received.push(event);
+        }
+        assert!(sending.await.expect("no panic"), "the whole plan was sent");
+        assert_eq!(received.len(), PlanLines::new(&plan).count());
+        assert!(received.len() > 10 * EVENTS_QUEUED);
+        assert!(received.iter().all(is_plan_item));
+    }
+
+    #[tokio::test]
+    async fn a_plan_stops_when_its_reader_goes_away() {
+        let plan = full_copy(10 * EVENTS_QUEUED);
+        let (tx, rx) = tokio::sync::mpsc::channel(EVENTS_QUEUED);
+        drop(rx);
+        assert!(!send_plan("staging", &plan, &tx).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_plan_is_abandoned_when_its_reader_stops_reading() {
+        let plan = full_copy(10 * EVENTS_QUEUED);
+        let (tx, rx) = tokio::sync::mpsc::channel(EVENTS_QUEUED);
+        let started = tokio::time::Instant::now();
+        // The reader holds the stream open and reads nothing; the paused clock
+        // jumps to the stall deadline once nothing else can run.
+        assert!(!send_plan("staging", &plan, &tx).await);
+        assert!(started.elapsed() >= PLAN_READER_STALL);
+        assert_eq!(rx.len(), EVENTS_QUEUED);
+    }
 }

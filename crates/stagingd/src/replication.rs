@@ -499,16 +499,22 @@ async fn sync_pending(
         if !theirs.ready || theirs.root == tree.view().manifest.root_hash().as_bytes() {
             continue;
         }
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(operations::EVENTS_QUEUED);
         let operation = Operation::Sync { peer: source.to_owned(), dry_run: false, confirm: None, allow_behind: false };
         let reason = format!("automatic replication from {source}");
-        operations::run(Arc::clone(node), vec![Arc::clone(tree)], operation, WHO.to_owned(), reason, tx).await;
-        let mut result = None;
-        while let Ok(event) = rx.try_recv() {
-            if let Ok(pb::SyncEvent { event: Some(pb::sync_event::Event::TreeResult(r)) }) = event {
-                result = Some(r);
+        let run = operations::run(Arc::clone(node), vec![Arc::clone(tree)], operation, WHO.to_owned(), reason, tx);
+        // Read the events while the sync runs (it waits for room to send its
+        // result); only the result matters here.
+        let result = async {
+            let mut result = None;
+            while let Some(event) = rx.recv().await {
+                if let Ok(pb::SyncEvent { event: Some(pb::sync_event::Event::TreeResult(r)) }) = event {
+                    result = Some(r);
+                }
             }
-        }
+            result
+        };
+        let ((), result) = tokio::join!(run, result);
         let Some(result) = result else {
             return Some(Ended::Lost { error: "the sync ended without a result".to_owned(), tree: name });
         };

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use manifest::{Excludes, Hash, Kind, Manifest, Op, Plan, PlanId, RelPath};
+use manifest::{Excludes, Hash, Manifest, Op, Plan, PlanId, RelPath};
 
 use crate::apply::{ApplyOptions, apply_to};
 use crate::capacity::CapacityProbe;
@@ -67,11 +67,10 @@ pub struct SyncRequest {
     pub reason: String,
 }
 
-/// Progress and itemized plan lines, as they happen.
+/// Progress, as it happens (a dry run's plan comes with its [`Report`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     Progress { phase: &'static str, files_done: u64, files_total: u64, bytes_done: u64, bytes_total: u64 },
-    PlanItem { op: &'static str, path: RelPath, size: u64, kind: Kind },
 }
 
 /// How a sync or rollback ended.
@@ -99,6 +98,9 @@ pub struct Report {
     pub root_after: Option<Hash>,
     /// After an apply: the tree's new manifest, for the caller to install.
     pub manifest: Option<Manifest>,
+    /// A dry run's plan, for the caller to itemize ([`crate::itemize::PlanLines`])
+    /// at the pace its reader takes the lines.
+    pub plan: Option<Plan>,
 }
 
 impl Report {
@@ -113,6 +115,7 @@ impl Report {
             root_before,
             root_after: None,
             manifest: None,
+            plan: None,
         }
     }
 
@@ -208,8 +211,9 @@ pub async fn sync_tree<P: PeerSource>(
     if request.dry_run {
         // A dry run shows the plan even when a guard would refuse it: that is
         // how an operator reviews a plan before confirming it.
-        itemize(&plan, events);
-        return report.ending(Outcome::DryRun(verdict.err()));
+        let mut report = report.ending(Outcome::DryRun(verdict.err()));
+        report.plan = Some(plan);
+        return report;
     }
     if let Err(refusal) = verdict {
         return report.ending(Outcome::Refused(refusal));
@@ -735,31 +739,6 @@ fn describe_actual(actual: &Manifest, path: &RelPath) -> String {
         }
         Some(manifest::Node::Dir(d)) => format!("directory mode {:o}", d.meta.mode),
         Some(manifest::Node::Symlink(s)) => format!("symlink to {}", manifest::path::escape(&s.target)),
-    }
-}
-
-/// One plan line per itemized op, and per entry below a `NewTree` op (as a
-/// `MkDir` with an op per entry would have given them).
-fn itemize(plan: &Plan, events: &(dyn Fn(Event) + Send + Sync)) {
-    for op in plan.ops.iter().filter(|op| op.is_itemized()) {
-        let (kind, size) = match op {
-            Op::Delete { kind, .. } => (*kind, 0),
-            Op::MkDir { .. } | Op::NewTree { .. } | Op::SetDirMeta { .. } => (Kind::Dir, 0),
-            Op::WriteFile { file, .. } => (Kind::File, file.size),
-            Op::SetFileMeta { .. } => (Kind::File, 0),
-            Op::Symlink { .. } => (Kind::Symlink, 0),
-        };
-        events(Event::PlanItem { op: op.tag(), path: op.path().clone(), size, kind });
-        if let Op::NewTree { path, tree: Some(tree), .. } = op {
-            tree.for_each_below(path, &mut |path, node| {
-                let (op, size) = match node {
-                    manifest::Node::File(f) => ("create", f.size),
-                    manifest::Node::Dir(_) => ("mkdir", 0),
-                    manifest::Node::Symlink(_) => ("symlink", 0),
-                };
-                events(Event::PlanItem { op, path: path.clone(), size, kind: node.kind() });
-            });
-        }
     }
 }
 

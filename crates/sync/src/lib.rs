@@ -25,6 +25,7 @@ pub mod cores;
 pub mod engine;
 pub mod guards;
 pub mod history;
+pub mod itemize;
 pub mod journal;
 pub mod layout;
 pub mod lock;
