@@ -538,30 +538,32 @@ impl Manifest {
         }
     }
 
-    /// One path for each of the `wanted` content hashes that a file in this
-    /// manifest holds (the first in depth-first name order). Builds a path only
-    /// for the files it returns, and stops as soon as every hash is found.
-    pub fn paths_of_contents(&self, wanted: &crate::hash::HashSet) -> crate::hash::HashMap<RelPath> {
+    /// One path for each content hash `is_wanted` accepts that a file in this
+    /// manifest holds (the first in depth-first name order); `count` is how many
+    /// hashes it accepts. Builds a path only for the files it returns, and stops
+    /// as soon as every hash is found.
+    pub fn paths_of_contents(&self, count: usize, is_wanted: impl Fn(&Hash) -> bool) -> crate::hash::HashMap<RelPath> {
         /// `path` is the directory's path as bytes, extended and truncated in place.
         fn visit(
             dir: &Dir,
             path: &mut Vec<u8>,
-            wanted: &crate::hash::HashSet,
+            count: usize,
+            is_wanted: &impl Fn(&Hash) -> bool,
             found: &mut crate::hash::HashMap<RelPath>,
         ) {
             for entry in &dir.children {
-                if found.len() == wanted.len() {
+                if found.len() == count {
                     return;
                 }
                 let len = path.len();
                 match &entry.node {
-                    Node::File(f) if wanted.contains(&f.hash) && !found.contains_key(&f.hash) => {
+                    Node::File(f) if !found.contains_key(&f.hash) && is_wanted(&f.hash) => {
                         push_component(path, &entry.name);
                         found.insert(f.hash, RelPath::new(&path[..]).expect("manifest names are validated on entry"));
                     }
                     Node::Dir(d) => {
                         push_component(path, &entry.name);
-                        visit(d, path, wanted, found);
+                        visit(d, path, count, is_wanted, found);
                     }
                     _ => {}
                 }
@@ -574,9 +576,9 @@ impl Manifest {
             }
             path.extend_from_slice(name);
         }
-        let mut found = crate::hash::HashMap::with_capacity_and_hasher(wanted.len(), Default::default());
-        if !wanted.is_empty() {
-            visit(&self.root, &mut Vec::with_capacity(256), wanted, &mut found);
+        let mut found = crate::hash::HashMap::default();
+        if count > 0 {
+            visit(&self.root, &mut Vec::with_capacity(256), count, &is_wanted, &mut found);
         }
         found
     }
@@ -723,6 +725,27 @@ mod tests {
 
     fn p(s: &str) -> RelPath {
         RelPath::new(s).unwrap()
+    }
+
+    #[test]
+    fn paths_of_contents_gives_the_first_path_of_each_wanted_content_and_stops_when_all_are_found() {
+        let mut m = Manifest::empty();
+        for dir in ["a", "b"] {
+            m.insert(&p(dir), Node::Dir(Dir::empty(DirMeta::default()).into())).unwrap();
+        }
+        for (path, content) in [("a/x", "one"), ("a/y", "two"), ("b/z", "one"), ("c", "three")] {
+            m.insert(&p(path), file(content.as_bytes())).unwrap();
+        }
+        let (one, two) = (Hash::of_content(b"one"), Hash::of_content(b"two"));
+        let asked = std::cell::Cell::new(0);
+        let found = m.paths_of_contents(2, |hash| {
+            asked.set(asked.get() + 1);
+            *hash == one || *hash == two
+        });
+        assert_eq!(found.len(), 2);
+        assert_eq!((found[&one].to_string(), found[&two].to_string()), ("a/x".to_owned(), "a/y".to_owned()));
+        assert_eq!(asked.get(), 2, "nothing after a/y is looked at");
+        assert!(m.paths_of_contents(0, |_| true).is_empty());
     }
 
     #[test]

@@ -263,9 +263,8 @@ fn locate(manifest: &Manifest, wanted: &[Hash], hints: &[Vec<u8>]) -> HashMap<Lo
     }
     let rest: manifest::hash::HashSet = wanted.iter().filter(|h| !paths.contains_key(*h)).copied().collect();
     if !rest.is_empty() {
-        paths.extend(
-            manifest.paths_of_contents(&rest).into_iter().map(|(hash, path)| (hash, Located { path, entry: None })),
-        );
+        let found = manifest.paths_of_contents(rest.len(), |hash| rest.contains(hash));
+        paths.extend(found.into_iter().map(|(hash, path)| (hash, Located { path, entry: None })));
     }
     paths
 }

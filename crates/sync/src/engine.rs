@@ -563,15 +563,8 @@ struct WritesByHash {
 
 impl WritesByHash {
     fn new(writes: Writes<Arc<Plan>>, numbers: &[usize]) -> Self {
-        let mut by_hash = Vec::with_capacity(numbers.len());
-        by_hash.extend(
-            numbers
-                .iter()
-                .filter(|&&n| writes.file(n).is_some())
-                .map(|&n| u32::try_from(n).expect("a plan writes < 2^32 files")),
-        );
-        let hash_at = |n: u32| file_of(&writes, n as usize).hash;
-        by_hash.sort_unstable_by_key(|&n| (hash_at(n), n));
+        let by_hash = writes.files_by_hash(numbers.iter().copied());
+        let hash_at = |n: u32| writes.file_hash(n);
         let mut firsts: Vec<u32> = by_hash.chunk_by(|&a, &b| hash_at(a) == hash_at(b)).map(|same| same[0]).collect();
         firsts.sort_unstable();
         Self { writes, by_hash, firsts }

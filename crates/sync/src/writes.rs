@@ -15,7 +15,7 @@ use std::borrow::Cow;
 use std::ops::Deref;
 use std::sync::Arc;
 
-use manifest::{Dir, FileMeta, Manifest, Node, Op, Plan, RelPath, SymlinkMeta};
+use manifest::{Dir, FileMeta, Hash, Manifest, Node, Op, Plan, RelPath, SymlinkMeta};
 
 /// What one write puts in the tree.
 #[derive(Debug, Clone, Copy)]
@@ -141,6 +141,27 @@ impl<P: Deref<Target = Plan>> Writes<P> {
         }
     }
 
+    /// The file writes among `numbers`, sorted by content hash (then by
+    /// number): 4 bytes a write, where a set of the hashes themselves would
+    /// take 32 and more.
+    ///
+    /// # Panics
+    /// On a write number of 2^32 or more (a plan cannot have so many).
+    pub fn files_by_hash(&self, numbers: impl IntoIterator<Item = usize>) -> Vec<u32> {
+        let numbers = numbers.into_iter();
+        let mut sorted = Vec::with_capacity(numbers.size_hint().0);
+        sorted.extend(
+            numbers.filter(|&n| self.file(n).is_some()).map(|n| u32::try_from(n).expect("a plan writes < 2^32 files")),
+        );
+        sorted.sort_unstable_by_key(|&n| (self.file_hash(n), n));
+        sorted
+    }
+
+    /// The content hash of file write `n`, one of [`Writes::files_by_hash`]'s.
+    pub fn file_hash(&self, n: u32) -> Hash {
+        self.file(n as usize).expect("a file write").hash
+    }
+
     /// Write `n`'s op, where it is, and what it writes.
     fn locate(&self, n: usize) -> (usize, At<'_>, Written<'_>) {
         let slot = self.slots[n];
@@ -238,6 +259,13 @@ mod tests {
         assert_eq!(paths(&from_target), paths(&writes));
         let new_tree = plan.ops.iter().position(|op| matches!(op, Op::NewTree { .. })).unwrap();
         let top = plan.ops.iter().position(|op| matches!(op, Op::WriteFile { .. })).unwrap();
+        // The file writes by hash: the symlink is not one of them.
+        let by_hash = writes.files_by_hash(0..writes.len());
+        let mut expected: Vec<(Hash, u32)> =
+            [0, 2, 3].into_iter().map(|n| (writes.file(n).unwrap().hash, n as u32)).collect();
+        expected.sort();
+        assert_eq!(by_hash, expected.iter().map(|&(_, n)| n).collect::<Vec<_>>());
+        assert_eq!(writes.files_by_hash([3, 1]), [3]);
         assert_eq!(
             listed,
             [
