@@ -148,13 +148,21 @@ impl<P: Deref<Target = Plan>> Writes<P> {
     /// # Panics
     /// On a write number of 2^32 or more (a plan cannot have so many).
     pub fn files_by_hash(&self, numbers: impl IntoIterator<Item = usize>) -> Vec<u32> {
+        // Sorted with the hash's first 8 bytes beside each number (12 bytes a
+        // write while sorting): looking the whole hash up through the plan on
+        // every comparison took a second at a million writes. The whole hash
+        // decides only between equal prefixes.
         let numbers = numbers.into_iter();
-        let mut sorted = Vec::with_capacity(numbers.size_hint().0);
-        sorted.extend(
-            numbers.filter(|&n| self.file(n).is_some()).map(|n| u32::try_from(n).expect("a plan writes < 2^32 files")),
-        );
-        sorted.sort_unstable_by_key(|&n| (self.file_hash(n), n));
-        sorted
+        let mut keyed: Vec<(u64, u32)> = Vec::with_capacity(numbers.size_hint().0);
+        keyed.extend(numbers.filter_map(|n| {
+            let file = self.file(n)?;
+            let prefix = u64::from_be_bytes(file.hash.0[..8].try_into().expect("8 bytes"));
+            Some((prefix, u32::try_from(n).expect("a plan writes < 2^32 files")))
+        }));
+        keyed.sort_unstable_by(|&(a_prefix, a), &(b_prefix, b)| {
+            a_prefix.cmp(&b_prefix).then_with(|| (self.file_hash(a), a).cmp(&(self.file_hash(b), b)))
+        });
+        keyed.into_iter().map(|(_, n)| n).collect()
     }
 
     /// The content hash of file write `n`, one of [`Writes::files_by_hash`]'s.
