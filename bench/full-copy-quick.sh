@@ -4,7 +4,9 @@
 # `stagingctl sync --from a`. Per run it prints the wall time, the CPU each daemon spent on
 # the sync (utime + stime from /proc/PID/stat), both daemons' peak RSS over the sync and b's phase log lines;
 # RSS=1 writes both daemons' RSS in KiB every 100 ms to WORKDIR/quick/rss.N.txt; SETTLE=S
-# waits S seconds after each sync and reports b's peak again (its watcher runs after the sync).
+# waits S seconds after each sync and reports b's peak again (its watcher runs after the sync);
+# DIFF=1 runs `stagingctl diff --from a` (the dry run: the full copy's itemized plan, to
+# WORKDIR/quick/diff.N.txt) instead of the sync, for the daemon's memory while it sends a plan.
 # The comparison against rsync and the copy floor is bench/sync.sh; this is for profiling.
 #
 #   bench/full-copy-quick.sh [--runs N] [--workdir DIR] [--files N]
@@ -116,6 +118,14 @@ for ((r = 1; r <= runs; r++)); do
         rss_pid=$!
     fi
     : >"$out/times"
+    if [[ ${DIFF:-0} == 1 ]]; then
+        time_cmd "$out/times" "$ctl" --admin-socket "$out/b.sock" diff --from a >"$out/diff.$r.txt" ||
+            die "run $r: diff failed; see $out/diff.$r.txt and $out/b.$r.log"
+        printf 'run %d (diff): %s s wall, %s plan lines; peak RSS b %s KiB\n' "$r" "$(cat "$out/times")" \
+            "$(grep -c . "$out/diff.$r.txt")" "$(proc_status_kib "$pid_b" VmHWM)"
+        [[ -n $rss_pid ]] && kill "$rss_pid" && wait "$rss_pid" 2>/dev/null || true
+        continue
+    fi
     time_cmd "$out/times" "$ctl" --admin-socket "$out/b.sock" sync --from a --json >"$out/sync.$r.json"
     cpu_a1=$(proc_cpu_ticks "$pid_a") cpu_b1=$(proc_cpu_ticks "$pid_b")
     hwm_b=$(proc_status_kib "$pid_b" VmHWM)

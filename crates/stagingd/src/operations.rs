@@ -100,7 +100,7 @@ async fn send_plan(tree: &str, plan: &manifest::Plan, out: &Events) -> bool {
             Err(_) => {
                 tracing::warn!(
                     %tree,
-                    "the client read none of the plan for {} s; its stream is ended",
+                    "the client took no line of the plan for {} s; its stream is ended",
                     PLAN_READER_STALL.as_secs()
                 );
                 return false;
