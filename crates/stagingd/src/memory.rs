@@ -42,3 +42,48 @@ pub fn release_freed() {
         }
     }
 }
+
+/// Lets an action through at most once per interval, whichever thread asks:
+/// for [`release_freed`] after work that frees a few megabytes many times a
+/// second (each content stream a peer fetches), where trimming after every
+/// one would cost more than it saves.
+#[derive(Debug)]
+pub struct Throttle {
+    every_millis: u64,
+    /// When the action last went through, in milliseconds since the process's
+    /// first `ready` plus one; 0 for never.
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl Throttle {
+    pub const fn new(every: std::time::Duration) -> Self {
+        Self { every_millis: every.as_millis() as u64, last: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    /// True if the action may go now (and is counted as gone).
+    pub fn ready(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let now = START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 1;
+        let last = self.last.load(Ordering::Relaxed);
+        (last == 0 || now - last >= self.every_millis)
+            && self.last.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_throttle_lets_the_first_call_through_and_then_none_until_its_interval_is_over() {
+        let hourly = Throttle::new(Duration::from_secs(3600));
+        assert!(hourly.ready());
+        assert!(!hourly.ready());
+        assert!(!hourly.ready());
+        let always = Throttle::new(Duration::ZERO);
+        assert!(always.ready() && always.ready());
+    }
+}
