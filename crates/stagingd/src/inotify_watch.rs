@@ -663,7 +663,10 @@ mod tests {
         fs::write(dir.path().join("new/deeper/early.php"), "1").unwrap();
         let changes = harness.until(&p("new/deeper/early.php"));
         assert!(changes.contains(&Change::NewDir { dir: p("new") }), "{changes:?}");
-        // By now new/ and new/deeper/ are watched: a later file is an event of its own.
+        // The creation of new/deeper may still be queued (made after new/ was
+        // watched); events arrive in order, so once a later one is seen it is
+        // watched too, and a later file is an event of its own.
+        harness.settle();
         fs::write(dir.path().join("new/deeper/late.php"), "2").unwrap();
         let changes = harness.until_named(&p("new/deeper/late.php"));
         assert!(changes.contains(&Change::Path(p("new/deeper/late.php"))), "{changes:?}");

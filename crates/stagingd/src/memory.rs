@@ -43,6 +43,18 @@ pub fn release_freed() {
     }
 }
 
+/// [`release_freed`], at most once a second however many threads ask: after
+/// each content stream a peer fetched from us or we fetched from a peer (a
+/// few megabytes of buffers freed each, many streams a second). At 1,000,000
+/// files a serving daemon's resident size otherwise crept up by ~50 MB over a
+/// full copy.
+pub fn release_freed_now_and_then() {
+    static EVERY_SECOND: Throttle = Throttle::new(std::time::Duration::from_secs(1));
+    if EVERY_SECOND.ready() {
+        release_freed();
+    }
+}
+
 /// Lets an action through at most once per interval, whichever thread asks:
 /// for [`release_freed`] after work that frees a few megabytes many times a
 /// second (each content stream a peer fetches), where trimming after every

@@ -153,6 +153,7 @@ async fn run_tree(
         preserve_owner: rustix::process::geteuid().is_root(),
         local_depooled: node.pool().state == PoolState::Depooled,
         keep_syncs: engine::KEEP_SYNCS,
+        after_fetch_stream: crate::memory::release_freed_now_and_then,
     };
     let tree_name = tree.name.clone();
     let sender = out.clone();

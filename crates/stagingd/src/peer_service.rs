@@ -36,8 +36,6 @@ const CHANGES_PER_MESSAGE: usize = 4096;
 /// (1 MiB each) on each of 4 streams added ~24 MB to a serving daemon's peak RSS
 /// during a full copy (106 → 82 MB at 150,000 files) and was no faster.
 const STREAM_BUFFER: usize = 1;
-/// How often content streams that end give freed memory back to the system.
-static TRIM_AFTER_STREAMS: crate::memory::Throttle = crate::memory::Throttle::new(std::time::Duration::from_secs(1));
 
 #[derive(Debug, Clone)]
 pub struct PeerService {
@@ -171,13 +169,8 @@ impl pb::peer_server::Peer for PeerService {
         tokio::task::spawn_blocking(move || {
             let paths = locate(&manifest, &wanted, &hints);
             send_content(&root, &wanted, &paths, &tx, &shutdown);
-            // A stream frees its buffers and its lookup table: give the pages
-            // back (at most once a second). At 1,000,000 files the source's
-            // resident size otherwise crept up by ~50 MB over a full copy.
             drop((paths, wanted, manifest));
-            if TRIM_AFTER_STREAMS.ready() {
-                crate::memory::release_freed();
-            }
+            crate::memory::release_freed_now_and_then();
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

@@ -54,6 +54,10 @@ pub struct TreeSetup {
     pub preserve_owner: bool,
     pub local_depooled: bool,
     pub keep_syncs: usize,
+    /// Called on a blocking thread as each fetch stream ends, its buffers
+    /// freed: the daemon gives freed memory back to the system there (at most
+    /// so often); tests pass a function that does nothing.
+    pub after_fetch_stream: fn(),
 }
 
 /// What the operator (or replication) asked for.
@@ -349,7 +353,7 @@ async fn apply_plan<P: PeerSource>(
         drop(writes);
     } else {
         let fetched = match peer {
-            Some(peer) => fetch_missing(peer, &staging, writes, &missing, events).await,
+            Some(peer) => fetch_missing(peer, &staging, writes, &missing, setup.after_fetch_stream, events).await,
             None => Err(format!(
                 "{} files are neither in the tree nor in the trash any more (retention expired?)",
                 missing.len()
@@ -461,6 +465,7 @@ async fn fetch_missing<P: PeerSource>(
     staging: &Arc<Staging>,
     writes: Writes<Arc<Plan>>,
     missing: &[usize],
+    after_stream: fn(),
     events: &(dyn Fn(Event) + Send + Sync),
 ) -> Result<u64, String> {
     // One fetch per distinct hash; every write of that hash is made from it.
@@ -513,7 +518,10 @@ async fn fetch_missing<P: PeerSource>(
                 let mut stream = peer.fetch(batch).await.map_err(|e| e.to_string())?;
                 let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Piece>>(FETCH_QUEUE_MESSAGES);
                 let writer = tokio::task::spawn_blocking(move || {
-                    write_pieces(rx, &staging, &writes_by_hash, &hashes, &received, &files_done)
+                    let written = write_pieces(rx, &staging, &writes_by_hash, &hashes, &received, &files_done);
+                    drop(hashes);
+                    after_stream();
+                    written
                 });
                 let streamed: Result<(), String> = async {
                     loop {

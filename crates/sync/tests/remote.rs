@@ -232,6 +232,7 @@ impl Receiver {
             preserve_owner: false,
             local_depooled: false,
             keep_syncs: 5,
+            after_fetch_stream: || {},
         }
     }
 
