@@ -78,7 +78,9 @@ impl Throttle {
         static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
         let now = START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 1;
         let last = self.last.load(Ordering::Relaxed);
-        (last == 0 || now - last >= self.every_millis)
+        // Another thread may have gone between our clock read and this load:
+        // its later time then counts as not yet due.
+        (last == 0 || now.saturating_sub(last) >= self.every_millis)
             && self.last.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
     }
 }
