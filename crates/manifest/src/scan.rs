@@ -654,10 +654,9 @@ fn compare_dir(abs: &Path, rel: &RelPath, known: &Dir, options: &ScanOptions, ch
         changed.push(rel.clone());
         return;
     };
-    // Names on disk the manifest holds (of any kind): fewer than it holds means
-    // some are gone.
-    let mut held = 0;
-    let mut on_disk = Vec::new();
+    // Which of the manifest's entries are on disk (of any kind): the others are gone.
+    let children = known.children();
+    let mut seen = vec![false; children.len()];
     for entry in entries {
         let Ok(entry) = entry else {
             changed.push(rel.clone());
@@ -669,9 +668,10 @@ fn compare_dir(abs: &Path, rel: &RelPath, known: &Dir, options: &ScanOptions, ch
             continue;
         }
         let abs = entry.path();
-        let child = known.child(name.as_bytes());
-        held += usize::from(child.is_some());
-        on_disk.push(name);
+        let child = known.position(name.as_bytes()).ok().map(|i| {
+            seen[i] = true;
+            &children[i].node
+        });
         let Ok(metadata) = fs::symlink_metadata(&abs) else {
             changed.push(path);
             continue;
@@ -700,15 +700,11 @@ fn compare_dir(abs: &Path, rel: &RelPath, known: &Dir, options: &ScanOptions, ch
             _ => changed.push(path),
         }
     }
-    if held != known.children().len() {
-        let names: std::collections::HashSet<&[u8]> = on_disk.iter().map(|n| n.as_bytes()).collect();
-        for entry in known.children() {
-            if !names.contains(&entry.name[..])
-                && let Ok(path) = rel.join(&entry.name)
-                && !options.excludes.is_excluded(&path)
-            {
-                changed.push(path);
-            }
+    for (entry, _) in children.iter().zip(&seen).filter(|(_, seen)| !**seen) {
+        if let Ok(path) = rel.join(&entry.name)
+            && !options.excludes.is_excluded(&path)
+        {
+            changed.push(path);
         }
     }
 }

@@ -267,7 +267,8 @@ impl Dir {
         self.position(name).ok().map(|i| &self.children[i].node)
     }
 
-    fn position(&self, name: &[u8]) -> Result<usize, usize> {
+    /// Where the child `name` is in [`Dir::children`] (`Ok`), or would be (`Err`).
+    pub fn position(&self, name: &[u8]) -> Result<usize, usize> {
         self.children.binary_search_by(|e| e.name.as_ref().cmp(name))
     }
 
