@@ -346,14 +346,14 @@ async fn apply_plan<P: PeerSource>(
     tracing::debug!(tree = %setup.name, millis = phase.elapsed().as_millis() as u64, "staged local copies");
     let phase = Instant::now();
     let staging = Arc::new(staging);
-    let missing_bytes: u64 = missing.iter().map(|&n| file_size(&writes, n)).sum();
+    let missing_bytes: u64 = missing.iter().map(|&n| file_size(&writes, n as usize)).sum();
     report.bytes_copied_locally = plan.totals.bytes_to_write - missing_bytes;
 
     if missing.is_empty() {
         drop(writes);
     } else {
         let fetched = match peer {
-            Some(peer) => fetch_missing(peer, &staging, writes, &missing, setup.after_fetch_stream, events).await,
+            Some(peer) => fetch_missing(peer, &staging, writes, missing, setup.after_fetch_stream, events).await,
             None => Err(format!(
                 "{} files are neither in the tree nor in the trash any more (retention expired?)",
                 missing.len()
@@ -451,11 +451,11 @@ async fn apply_plan<P: PeerSource>(
 }
 
 /// A staging after its local copies: the plan's writes, and the numbers of the
-/// file writes no local copy staged.
+/// file writes no local copy staged, sorted by hash.
 struct StagedLocally {
     staging: Staging,
     writes: Writes<Arc<Plan>>,
-    missing: Vec<usize>,
+    missing: Vec<u32>,
 }
 
 /// Fetches the content of the file writes numbered `missing` from `peer` into
@@ -464,11 +464,12 @@ async fn fetch_missing<P: PeerSource>(
     peer: &P,
     staging: &Arc<Staging>,
     writes: Writes<Arc<Plan>>,
-    missing: &[usize],
+    missing: Vec<u32>,
     after_stream: fn(),
     events: &(dyn Fn(Event) + Send + Sync),
 ) -> Result<u64, String> {
     // One fetch per distinct hash; every write of that hash is made from it.
+    let files_total = missing.len() as u64;
     let writes_by_hash = Arc::new(WritesByHash::new(writes, missing));
     let size_of = |first: usize| file_size(&writes_by_hash.writes, first);
     let total_bytes: u64 = writes_by_hash.first_writes().map(size_of).sum();
@@ -492,7 +493,6 @@ async fn fetch_missing<P: PeerSource>(
         (!batch.is_empty()).then_some(batch)
     });
     let received = Arc::new(AtomicU64::new(0));
-    let files_total = missing.len() as u64;
     let files_done = Arc::new(AtomicU64::new(0));
     let last_report = std::sync::Mutex::new(Instant::now());
     let report_progress = || {
@@ -570,9 +570,11 @@ struct WritesByHash {
 }
 
 impl WritesByHash {
-    fn new(writes: Writes<Arc<Plan>>, numbers: &[usize]) -> Self {
-        let by_hash = writes.files_by_hash(numbers.iter().copied());
+    /// `by_hash`: file writes sorted by hash, as [`Writes::files_by_hash`] and
+    /// [`stage_from_local`] give them.
+    fn new(writes: Writes<Arc<Plan>>, by_hash: Vec<u32>) -> Self {
         let hash_at = |n: u32| writes.file_hash(n);
+        debug_assert!(by_hash.is_sorted_by_key(|&n| (hash_at(n), n)), "file writes sorted by hash");
         let mut firsts: Vec<u32> = by_hash.chunk_by(|&a, &b| hash_at(a) == hash_at(b)).map(|same| same[0]).collect();
         firsts.sort_unstable();
         Self { writes, by_hash, firsts }
@@ -819,7 +821,9 @@ mod tests {
             id: manifest::PlanId([0; 8]),
         };
         // Writes: z 0, d/a 1, d/b 2, d/c 3, e 4. Write 3 was copied locally: it is not fetched.
-        let by_hash = WritesByHash::new(Writes::of(Arc::new(plan)), &[0, 1, 2, 4]);
+        let writes = Writes::of(Arc::new(plan));
+        let fetched = writes.files_by_hash([0, 1, 2, 4]);
+        let by_hash = WritesByHash::new(writes, fetched);
         assert_eq!(by_hash.first_writes().collect::<Vec<_>>(), [0, 1]);
         let writes_of = |content: &str| by_hash.writes_of(Hash::of_content(content.as_bytes())).collect::<Vec<_>>();
         assert_eq!(writes_of("shared"), [0, 2, 4]);

@@ -671,28 +671,29 @@ impl Drop for StagedWriter {
 /// Stages every file and symlink `writes` lists from local content only: the
 /// trash first, then any path of `current` with the same hash. Rollback uses it
 /// (all its content is local); a sync uses it before fetching the rest.
-/// Returns the numbers of the file writes that had no usable local copy.
+/// Returns the numbers of the file writes that had no usable local copy,
+/// sorted by content hash as [`Writes::files_by_hash`] gives them: the fetch
+/// indexes them in that order without sorting them again.
 pub fn stage_from_local<P: std::ops::Deref<Target = Plan>>(
     staging: &Staging,
     writes: &Writes<P>,
     current: &Manifest,
     trash: &Trash,
-) -> Result<Vec<usize>, StageError> {
+) -> Result<Vec<u32>, StageError> {
     // One path per content the plan writes: a walk that builds a path only for
     // the files whose content is wanted (a small plan on a big tree allocates a
     // handful, not one per file). The wanted hashes are the file writes sorted
     // by hash, 4 bytes each: a set of a full copy's million hashes took ~70 MB,
     // and ~100 MB while it grew.
-    let mut wanted = writes.files_by_hash(0..writes.len());
-    wanted.dedup_by_key(|n| writes.file_hash(*n));
-    let is_wanted = |hash: &Hash| wanted.binary_search_by_key(hash, |&n| writes.file_hash(n)).is_ok();
-    let by_hash = current.paths_of_contents(wanted.len(), is_wanted);
-    drop(wanted);
+    let mut files = writes.files_by_hash(0..writes.len());
+    let distinct = files.chunk_by(|&a, &b| writes.file_hash(a) == writes.file_hash(b)).count();
+    let is_wanted = |hash: &Hash| files.binary_search_by_key(hash, |&n| writes.file_hash(n)).is_ok();
+    let by_hash = current.paths_of_contents(distinct, is_wanted);
     // One listing of the trash rather than a lookup per file (a full copy writes
     // 150,000); a listed object that is not a usable file fails its copy below.
     let in_trash: std::collections::HashSet<Hash> = trash.hashes()?.into_iter().collect();
-    let mut missing = Vec::new();
-    for n in 0..writes.len() {
+    let mut missing = vec![false; writes.len()];
+    for (n, unstaged) in missing.iter_mut().enumerate() {
         let write = writes.get(n);
         let (index, path) = (write.op, &*write.path);
         match write.written {
@@ -723,13 +724,12 @@ pub fn stage_from_local<P: std::ops::Deref<Target = Plan>>(
                         Err(e) => return Err(e),
                     }
                 }
-                if !staged {
-                    missing.push(n);
-                }
+                *unstaged = !staged;
             }
         }
     }
-    Ok(missing)
+    files.retain(|&n| missing[n as usize]);
+    Ok(files)
 }
 
 #[cfg(test)]
